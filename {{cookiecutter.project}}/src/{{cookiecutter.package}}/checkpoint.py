@@ -1,0 +1,48 @@
+"""Checkpoint files: written atomically, read without unpickling code."""
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import UserError
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Write to a temporary file in the same folder, flush it to disk, then rename it over `path`.
+
+    A crash at any moment leaves either the old file or the new one, never a truncated mix.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load tensors and plain containers only (`weights_only=True`): a checkpoint cannot run code."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, corrupt, or a pickle that asks for arbitrary objects
+        raise UserError(f"checkpoint {str(path)!r} cannot be loaded safely: {err}") from err
+
+
+def model_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The plain `nn.Module` state_dict from a checkpoint of either engine."""
+    if "model" in checkpoint:  # engine=raw
+        return checkpoint["model"]
+    if "state_dict" in checkpoint:  # engine=lightning: the LightningModule keeps the model as `self.model`
+        return {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    raise UserError("checkpoint holds no model weights (neither 'model' nor 'state_dict')")

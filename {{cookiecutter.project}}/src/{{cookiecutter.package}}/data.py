@@ -1,0 +1,130 @@
+"""One data pipeline for both engines: datasets, transforms, the seeded split and the loaders.
+
+engine=raw calls `prepare_data()`, `setup()` and the `*_dataloader()` methods itself; engine=lightning
+wraps this same class in a LightningDataModule and lets the Trainer call them.
+"""
+
+from collections.abc import Iterator
+
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset, random_split
+
+from .errors import UserError
+
+# name -> (torchvision.datasets class, folder it creates under root, per-channel mean, per-channel std)
+TORCHVISION = {
+    "mnist": ("MNIST", "MNIST/raw", (0.1307,), (0.3081,)),
+    "fashion_mnist": ("FashionMNIST", "FashionMNIST/raw", (0.2860,), (0.3530,)),
+    "cifar10": ("CIFAR10", "cifar-10-batches-py", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+DATASETS = ("digits", *TORCHVISION)
+
+
+class EpochSeededSampler(Sampler[int]):
+    """Shuffle with a generator seeded by (seed, epoch).
+
+    The order of an epoch depends on nothing but the seed and the epoch number, so both engines see the
+    same batches, and a resumed run replays the exact order without saving any sampler state.
+    Lightning calls `set_epoch` by itself; the raw engine calls it at the top of every epoch.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 8x8 digits as (N, 1, 8, 8) float images in [0, 1], normalised, and int64 labels."""
+    from sklearn.datasets import load_digits  # imported here: only data=digits needs scikit-learn
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    images = (images - 0.3) / 0.38  # approximately the mean and std of the pixels
+    return images, torch.tensor(digits.target, dtype=torch.int64)
+
+
+class DataPipeline:
+    """Datasets and loaders for `data=<name>`, split deterministically from the seed."""
+
+    def __init__(self, cfg: DictConfig, seed: int) -> None:
+        if cfg.name not in DATASETS:
+            raise UserError(f"data.name={cfg.name!r} is not a known dataset: use one of {', '.join(DATASETS)}")
+        super().__init__()  # lets Lightning's DataModule initialise itself when it is mixed in
+        self.cfg, self.seed = cfg, seed
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    def prepare_data(self) -> None:
+        """Download once (Lightning calls this on one process only; so does the raw engine)."""
+        if self.cfg.name in TORCHVISION:
+            for train in (True, False):
+                self._torchvision(train=train, download=self.cfg.download)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        split_generator = torch.Generator().manual_seed(self.seed)
+        if self.cfg.name == "digits":
+            dataset = TensorDataset(*load_digits_tensors())
+            n_val = round(len(dataset) * self.cfg.val_fraction)
+            n_test = round(len(dataset) * self.cfg.test_fraction)
+            lengths = [len(dataset) - n_val - n_test, n_val, n_test]
+            self.train_set, self.val_set, self.test_set = random_split(dataset, lengths, split_generator)
+        else:
+            full_train = self._torchvision(train=True, download=False)
+            n_val = round(len(full_train) * self.cfg.val_fraction)
+            self.train_set, self.val_set = random_split(full_train, [len(full_train) - n_val, n_val],
+                                                        split_generator)
+            self.test_set = self._torchvision(train=False, download=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, sampler=EpochSeededSampler(len(self.train_set), self.seed))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set)
+
+    def _loader(self, dataset: Dataset | None, sampler: Sampler | None = None) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("call setup() before asking for a data loader")
+        workers = self.cfg.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.cfg.batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
+            persistent_workers=workers > 0,
+            # A private generator: creating a loader iterator must not draw from the global RNG, or the
+            # engines' dropout masks would depend on how often each one builds iterators.
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def _torchvision(self, train: bool, download: bool) -> Dataset:
+        import torchvision  # imported here: data=digits does not need it
+        from torchvision.transforms import v2
+
+        class_name, folder, mean, std = TORCHVISION[self.cfg.name]
+        transform = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+        try:
+            return getattr(torchvision.datasets, class_name)(self.cfg.root, train=train, download=download,
+                                                              transform=transform)
+        except (RuntimeError, OSError) as err:  # torchvision: "Dataset not found"; offline: URLError
+            how = "could not be downloaded" if download else "data.download=false"
+            raise UserError(
+                f"data={self.cfg.name}: the {class_name} files are not in {self.cfg.root}/{folder} and {how} "
+                f"({err}). Put torchvision's files there, or train on the bundled data with data=digits"
+            ) from err

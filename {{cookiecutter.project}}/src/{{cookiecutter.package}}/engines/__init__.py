@@ -1,0 +1,1 @@
+"""The two engines: `raw` (plain PyTorch) and `lightning`. Each exposes `fit(cfg, run_dir) -> metrics`."""

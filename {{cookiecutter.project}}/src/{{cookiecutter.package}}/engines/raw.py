@@ -1,0 +1,258 @@
+"""engine=raw: the whole training run written out in plain PyTorch.
+
+Read `fit` top to bottom: it does by hand what `lightning.Trainer` does for engines/lightning.py, with the
+same configs: device and precision, the epoch loop, zero_grad/backward/step, gradient accumulation and
+clipping, scheduler stepping, validation, TensorBoard, checkpoints, and a test with the best weights.
+This file must not import lightning.
+"""
+
+import contextlib
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
+from torchmetrics.classification import MulticlassAccuracy
+from tqdm import tqdm
+
+from ..checkpoint import load_checkpoint, model_state_dict, save_checkpoint
+from ..data import DataPipeline
+from ..errors import UserError
+from ..optim import Schedule, build_optimizer, build_schedule, limit_batches, total_optimizer_steps
+
+# The keys of configs/trainer/*.yaml that this loop implements. Any other key stops the run before it
+# starts: a Lightning setting the raw engine would silently ignore is a bug, not a feature.
+SUPPORTED_TRAINER_KEYS = {
+    "accelerator", "devices", "precision", "max_epochs", "max_steps", "gradient_clip_val",
+    "gradient_clip_algorithm", "accumulate_grad_batches", "check_val_every_n_epoch", "limit_train_batches",
+    "limit_val_batches", "limit_test_batches", "log_every_n_steps", "enable_progress_bar", "deterministic",
+}
+PRECISIONS = ("32-true", "64-true", "bf16-mixed", "16-mixed")
+
+
+def fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Train with validation every epoch, then test with the best checkpoint. Returns the final metrics."""
+    trainer = cfg.trainer
+    check_trainer_keys(trainer)
+    device = pick_device(trainer.accelerator)
+    param_dtype, autocast_dtype = parse_precision(str(trainer.precision), device)
+    if trainer.deterministic:
+        torch.use_deterministic_algorithms(True)
+
+    # Data: the same pipeline the Lightning engine wraps in a LightningDataModule.
+    data = DataPipeline(cfg.data, seed=cfg.seed)
+    data.prepare_data()
+    data.setup("fit")
+    train_loader, val_loader = data.train_dataloader(), data.val_dataloader()
+    train_batches = limit_batches(len(train_loader), trainer.limit_train_batches)
+    val_batches = limit_batches(len(val_loader), trainer.limit_val_batches)
+
+    # Model, optimizer, scheduler. OneCycleLR's total_steps comes from the data, as in Lightning.
+    model = instantiate(cfg.model).to(device=device, dtype=param_dtype)
+    optimizer = build_optimizer(cfg.optimizer, model.parameters())
+    schedule = build_schedule(cfg.scheduler, optimizer, total_optimizer_steps(len(train_loader), trainer))
+    # Loss scaling keeps float16 gradients from underflowing; with any other precision it does nothing.
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
+    accuracy = MulticlassAccuracy(num_classes=cfg.data.num_classes, average="micro").to(device)
+
+    writer = SummaryWriter(run_dir / cfg.logger.tensorboard.subdir)
+    checkpoint_dir = run_dir / "checkpoints"
+    monitor, mode = cfg.callbacks.model_checkpoint.monitor, cfg.callbacks.model_checkpoint.mode
+    best_score: float | None = None
+    accumulate = trainer.accumulate_grad_batches
+    global_step, epoch, epoch_times = 0, 0, []
+    last_loss = torch.tensor(float("nan"))
+    val_metrics: dict[str, float] = {}
+    show_progress = trainer.enable_progress_bar and sys.stderr.isatty()
+
+    for epoch in range(trainer.max_epochs):
+        if 0 <= trainer.max_steps <= global_step:
+            break
+        epoch_started = time.perf_counter()
+        train_loader.sampler.set_epoch(epoch)  # the shuffle order is a function of (seed, epoch)
+        model.train()
+        batches = tqdm(train_loader, total=train_batches, desc=f"Epoch {epoch}", unit="batch",
+                       disable=not show_progress, leave=False)
+        for batch_idx, (inputs, targets) in enumerate(batches):
+            if batch_idx >= train_batches or 0 <= trainer.max_steps <= global_step:
+                break
+            inputs = inputs.to(device, dtype=param_dtype, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+
+            # 1. forward, 2. loss (autocast runs the forward pass in bf16/fp16 under mixed precision)
+            with autocast(device, autocast_dtype):
+                loss = F.cross_entropy(model(inputs), targets)
+            # 3. backward: gradients add up over `accumulate` batches, each loss scaled down to match one
+            #    big batch (the same normalisation Lightning applies)
+            scaler.scale(loss / accumulate).backward()
+            last_loss = loss.detach()
+            if (batch_idx + 1) % accumulate != 0 and batch_idx + 1 != train_batches:
+                continue  # keep accumulating; the last batch of an epoch always steps
+
+            # 4. clip, step, and 5. zero the gradients for the next window
+            scaler.unscale_(optimizer)  # clip true gradients, not loss-scaled ones
+            clip_gradients(model, trainer.gradient_clip_val, trainer.gradient_clip_algorithm)
+            learning_rate = optimizer.param_groups[0]["lr"]  # the rate this step uses
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if schedule and schedule.interval == "step":
+                schedule.scheduler.step()
+
+            # Reading a tensor's value (.item()) waits for the device: only at the logging cadence.
+            if (global_step + 1) % trainer.log_every_n_steps == 0:
+                writer.add_scalar("train/loss", last_loss.item(), global_step)
+                writer.add_scalar("lr", learning_rate, global_step)
+                writer.add_scalar("epoch", epoch, global_step)
+                batches.set_postfix(loss=f"{last_loss.item():.4f}")
+            global_step += 1
+
+        if (epoch + 1) % trainer.check_val_every_n_epoch == 0:
+            val_metrics = evaluate(model, val_loader, val_batches, accuracy, device, param_dtype, autocast_dtype)
+            for name, value in val_metrics.items():
+                writer.add_scalar(f"val/{name}", value, global_step)
+            writer.add_scalar("epoch", epoch, global_step)
+            score = val_metrics[monitor.removeprefix("val/")]
+            if best_score is None or (score > best_score if mode == "max" else score < best_score):
+                best_score = score
+                save_checkpoint(checkpoint_state(model, optimizer, schedule, scaler, epoch, global_step,
+                                                 best_score, cfg), checkpoint_dir / "best.ckpt")
+        if schedule and schedule.interval == "epoch":
+            step_epoch_scheduler(schedule, val_metrics)
+        epoch_times.append(time.perf_counter() - epoch_started)
+        save_checkpoint(checkpoint_state(model, optimizer, schedule, scaler, epoch, global_step, best_score, cfg),
+                        checkpoint_dir / "last.ckpt")
+        print(f"epoch {epoch}: train/loss {last_loss.item():.4f}"
+              + "".join(f"  val/{k} {v:.4f}" for k, v in val_metrics.items()), flush=True)
+
+    # Test with the best weights, as Lightning's trainer.test(ckpt_path="best") does.
+    best_path = checkpoint_dir / "best.ckpt"
+    if best_path.is_file():
+        model.load_state_dict(model_state_dict(load_checkpoint(best_path)))
+    data.setup("test")
+    test_loader = data.test_dataloader()
+    test_batches = limit_batches(len(test_loader), trainer.limit_test_batches)
+    test_metrics = evaluate(model, test_loader, test_batches, accuracy, device, param_dtype, autocast_dtype)
+    for name, value in test_metrics.items():
+        writer.add_scalar(f"test/{name}", value, global_step)
+    writer.close()
+
+    return {
+        "device": str(device),
+        "epochs": len(epoch_times),
+        "global_step": global_step,
+        "train/loss": last_loss.item(),
+        **{f"val/{k}": v for k, v in val_metrics.items()},
+        "best_score": best_score,
+        "monitor": monitor,
+        **{f"test/{k}": v for k, v in test_metrics.items()},
+        "epoch_times_s": [round(t, 4) for t in epoch_times],
+    }
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, num_batches: int, accuracy: MulticlassAccuracy,
+             device: torch.device, param_dtype: torch.dtype, autocast_dtype: torch.dtype | None) -> dict[str, float]:
+    """Mean loss over samples and accuracy, in eval mode (dropout off, batch-norm running statistics)."""
+    model.eval()
+    accuracy.reset()
+    loss_sum, count = torch.zeros((), device=device), 0
+    for batch_idx, (inputs, targets) in enumerate(loader):
+        if batch_idx >= num_batches:
+            break
+        inputs = inputs.to(device, dtype=param_dtype, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        with autocast(device, autocast_dtype):
+            logits = model(inputs)
+        loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum")
+        count += len(targets)
+        accuracy.update(logits, targets)
+    if count == 0:
+        return {"loss": float("nan"), "acc": float("nan")}
+    return {"loss": (loss_sum / count).item(), "acc": accuracy.compute().item()}
+
+
+def check_trainer_keys(trainer: DictConfig) -> None:
+    unknown = sorted(set(trainer) - SUPPORTED_TRAINER_KEYS)
+    if unknown:
+        raise UserError(f"trainer.{unknown[0]} is not implemented by engine=raw (it implements: "
+                        f"{', '.join(sorted(SUPPORTED_TRAINER_KEYS))}); remove it or use engine=lightning")
+
+
+def pick_device(accelerator: str) -> torch.device:
+    """Lightning's accelerator names mapped to a torch.device ('auto' prefers CUDA, then MPS)."""
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", 0)
+    if accelerator == "mps" or (accelerator == "auto" and torch.backends.mps.is_available()):
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def parse_precision(precision: str, device: torch.device) -> tuple[torch.dtype, torch.dtype | None]:
+    """(dtype of the parameters, dtype autocast computes in or None) for Lightning's precision names."""
+    if precision not in PRECISIONS:
+        raise UserError(f"trainer.precision={precision!r} is not implemented by engine=raw: use one of "
+                        f"{', '.join(PRECISIONS)}")
+    if precision == "16-mixed" and device.type != "cuda":
+        raise UserError(f"trainer.precision=16-mixed needs a CUDA GPU (float16 loss scaling); on {device.type} "
+                        "use trainer.precision=bf16-mixed or 32-true")
+    if precision == "64-true" and device.type == "mps":
+        raise UserError("trainer.precision=64-true is not supported on mps: use 32-true")
+    return {
+        "32-true": (torch.float32, None),
+        "64-true": (torch.float64, None),
+        "bf16-mixed": (torch.float32, torch.bfloat16),
+        "16-mixed": (torch.float32, torch.float16),
+    }[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed precision: ops that are safe in lower precision run in `dtype`; off when dtype is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def clip_gradients(model: nn.Module, clip_val: float | None, algorithm: str) -> None:
+    if not clip_val:
+        return
+    if algorithm == "norm":
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_val)
+    elif algorithm == "value":
+        torch.nn.utils.clip_grad_value_(model.parameters(), clip_val)
+    else:
+        raise UserError(f"trainer.gradient_clip_algorithm={algorithm!r} is not valid: use 'norm' or 'value'")
+
+
+def step_epoch_scheduler(schedule: Schedule, val_metrics: dict[str, float]) -> None:
+    """Epoch-interval schedulers step after validation; ReduceLROnPlateau reads the monitored metric."""
+    if isinstance(schedule.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        value = val_metrics.get(schedule.monitor.removeprefix("val/"))
+        if value is None:
+            return  # no validation this epoch: nothing to compare
+        schedule.scheduler.step(value)
+    else:
+        schedule.scheduler.step()
+
+
+def checkpoint_state(model, optimizer, schedule, scaler, epoch, global_step, best_score, cfg) -> dict[str, Any]:
+    """Everything a later run needs to continue from here, as tensors and plain Python values."""
+    return {
+        "engine": "raw",
+        "epoch": epoch,
+        "global_step": global_step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": schedule.scheduler.state_dict() if schedule else None,
+        "scaler": scaler.state_dict(),
+        "best_score": best_score,
+        "config": OmegaConf.to_yaml(cfg),
+        "versions": {"torch": str(torch.__version__), "python": sys.version.split()[0]},
+    }

@@ -1,0 +1,88 @@
+"""What both engines share around a run: checking the config, seeding, and the run's metrics.json.
+
+train.py calls `train(cfg, run_dir)`; it picks the engine and imports it only then, so engine=raw never
+imports lightning.
+"""
+
+import json
+import random
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from .errors import UserError
+
+ENGINES = ("raw", "lightning")
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+MONITORS = ("val/acc", "val/loss")  # metrics logged every validation, which best.ckpt can be chosen by
+
+
+def check_accelerator(trainer: DictConfig) -> None:
+    """Fail before any work when the requested device is not on this machine."""
+    accelerator = trainer.accelerator
+    if accelerator not in ACCELERATORS:
+        raise UserError(f"trainer.accelerator={accelerator!r} is not known: use one of {', '.join(ACCELERATORS)}")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        built = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise UserError(f"trainer.accelerator={accelerator} needs a CUDA GPU, but torch.cuda.is_available() is "
+                        f"False on this machine (torch {torch.__version__}, {built}). Train on the CPU with "
+                        "trainer=cpu, or install a CUDA build of torch (README: Install)")
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise UserError("trainer.accelerator=mps needs an Apple-silicon GPU, but torch.backends.mps.is_available() "
+                        "is False on this machine. Train on the CPU with trainer=cpu")
+    if trainer.devices not in (1, "1", [0]) and trainer.devices != "auto":
+        raise UserError(f"trainer.devices={trainer.devices} asks for several devices: this project trains on one "
+                        "device (devices=1); distributed training (trainer=ddp) is not part of it yet")
+
+
+def check_config(cfg: DictConfig) -> None:
+    if cfg.engine.name not in ENGINES:
+        raise UserError(f"engine.name={cfg.engine.name!r} is not known: use engine=raw or engine=lightning")
+    check_accelerator(cfg.trainer)
+    checkpoint = cfg.callbacks.model_checkpoint
+    if checkpoint.monitor not in MONITORS or checkpoint.mode not in ("min", "max"):
+        raise UserError(f"callbacks.model_checkpoint monitor={checkpoint.monitor!r} mode={checkpoint.mode!r} is not "
+                        f"valid: monitor one of {', '.join(MONITORS)} with mode 'max' or 'min'")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every generator the run draws from: Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
+def train(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict[str, Any]:
+    """Train, validate and test with the configured engine; write and return the run's metrics."""
+    started = time.perf_counter() if started is None else started
+    check_config(cfg)
+    seed_everything(cfg.seed)
+    if cfg.engine.name == "raw":
+        from .engines.raw import fit
+    else:
+        from .engines.lightning import fit
+    results = fit(cfg, run_dir)
+    metrics = {
+        "engine": cfg.engine.name,
+        "seed": cfg.seed,
+        **results,
+        "wall_time_s": round(time.perf_counter() - started, 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+        "run_dir": str(run_dir),
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print(f"engine={metrics['engine']} test/acc={metrics['test/acc']:.4f} wall={metrics['wall_time_s']:.1f}s "
+          f"run={run_dir}")
+    return metrics

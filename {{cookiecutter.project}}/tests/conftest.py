@@ -1,0 +1,42 @@
+"""Shared helpers for the project's tests. Nothing here touches the network."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = PROJECT_ROOT / "configs"
+
+# A few batches, two epochs: enough for every code path of an engine, in seconds.
+SHORT_RUN = [
+    "trainer.max_epochs=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
+]
+
+
+def compose_train(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """configs/train.yaml composed with `overrides`, as train.py would see it (without the hydra node)."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def run_train(log_dir: Path, *overrides: str, python_flags: tuple[str, ...] = (),
+              timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python train.py overrides...` as a user runs it, with outputs under `log_dir`."""
+    return subprocess.run(
+        [sys.executable, *python_flags, "train.py", f"paths.log_dir={log_dir}", *overrides],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def run_dirs(log_dir: Path, engine: str) -> list[Path]:
+    return sorted(p for p in (log_dir / "train" / engine).glob("*") if p.is_dir())
+
+
+@pytest.fixture
+def log_dir(tmp_path: Path) -> Path:
+    return tmp_path / "logs"

@@ -1,0 +1,101 @@
+"""Every config file in configs/ composes, and every model/optimizer/scheduler config takes a real step."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import CONFIG_DIR, compose_train
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from {{ cookiecutter.package }}.errors import UserError
+from {{ cookiecutter.package }}.launch import check_config
+from {{ cookiecutter.package }}.optim import build_optimizer, build_schedule, limit_batches, total_optimizer_steps
+
+# Groups that train.yaml selects one option from; hydra/ and paths/ have a single file each.
+GROUP_OPTIONS = sorted(
+    (group.name, path.stem)
+    for group in CONFIG_DIR.iterdir() if group.is_dir()
+    for path in group.glob("*.yaml")
+)
+
+
+def test_every_config_file_is_covered():
+    on_disk = {p.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.rglob("*.yaml")}
+    covered = {f"{group}/{option}.yaml" for group, option in GROUP_OPTIONS} | {"train.yaml"}
+    assert on_disk == covered
+
+
+@pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
+def test_config_composes_and_resolves(group, option):
+    cfg = compose_train([f"{group}={option}"] if group not in ("hydra",) else [])
+    resolved = OmegaConf.to_container(cfg, resolve=True)  # every interpolation has a value
+    assert resolved["seed"] == 42
+    if group == "trainer" and option in ("gpu", "mps"):
+        available = torch.cuda.is_available() if option == "gpu" else torch.backends.mps.is_available()
+        if not available:
+            with pytest.raises(UserError, match="trainer=cpu"):
+                check_config(cfg)
+            return
+    check_config(cfg)
+
+
+MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
+OPTIMIZERS = sorted(p.stem for p in (CONFIG_DIR / "optimizer").glob("*.yaml"))
+SCHEDULERS = sorted(p.stem for p in (CONFIG_DIR / "scheduler").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_model_optimizer_scheduler_take_a_step(model, optimizer, scheduler):
+    cfg = compose_train([f"model={model}", f"optimizer={optimizer}", f"scheduler={scheduler}"])
+    torch.manual_seed(0)
+    net = instantiate(cfg.model)
+    opt = build_optimizer(cfg.optimizer, net.parameters())
+    schedule = build_schedule(cfg.scheduler, opt, total_steps=10)
+    assert (schedule is None) == (scheduler == "none")
+    before = [p.detach().clone() for p in net.parameters()]
+    size = cfg.data.image_size
+    inputs, targets = torch.randn(4, cfg.data.channels, size, size), torch.tensor([0, 1, 2, 3])
+    loss = F.cross_entropy(net(inputs), targets)
+    loss.backward()
+    opt.step()
+    if schedule is not None:
+        lr_before = opt.param_groups[0]["lr"]
+        schedule.scheduler.step(loss.item()) if schedule.monitor else schedule.scheduler.step()
+        assert math.isfinite(opt.param_groups[0]["lr"]) and lr_before > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+
+
+def test_onecycle_total_steps_come_from_the_data():
+    cfg = compose_train(["scheduler=onecycle", "trainer.max_epochs=3", "trainer.accumulate_grad_batches=2",
+                         "trainer.limit_train_batches=5"])
+    steps = total_optimizer_steps(20, cfg.trainer)
+    assert steps == 3 * math.ceil(5 / 2)
+    opt = build_optimizer(cfg.optimizer, [torch.nn.Parameter(torch.zeros(1))])
+    assert build_schedule(cfg.scheduler, opt, steps).scheduler.total_steps == steps
+    capped = compose_train(["trainer.max_steps=4"])
+    assert total_optimizer_steps(20, capped.trainer) == 4
+
+
+@pytest.mark.parametrize(("limit", "expected"), [(None, 20), (3, 3), (50, 20), (0.5, 10), (1.0, 20)])
+def test_limit_batches_follows_lightning(limit, expected):
+    assert limit_batches(20, limit) == expected
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "all"])
+def test_limit_batches_refuses_bad_values(bad):
+    with pytest.raises(UserError, match="limit_"):
+        limit_batches(20, bad)
+
+
+def test_bad_values_are_named():
+    with pytest.raises(UserError, match="trainer.accelerator='tpu'"):
+        check_config(compose_train(["trainer.accelerator=tpu"]))
+    with pytest.raises(UserError, match="monitor='train/loss'"):
+        check_config(compose_train(["callbacks.model_checkpoint.monitor=train/loss"]))
+    with pytest.raises(UserError, match="scheduler.interval='batch'"):
+        cfg = compose_train(["scheduler=step", "scheduler.interval=batch"])
+        build_schedule(cfg.scheduler, torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), 10)

@@ -1,0 +1,111 @@
+"""Each engine trains for real, as `python train.py` runs it, and leaves the documented outputs."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import PROJECT_ROOT, SHORT_RUN, compose_train, run_dirs, run_train
+from hydra.utils import instantiate
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from {{ cookiecutter.package }}.checkpoint import load_checkpoint, model_state_dict
+from {{ cookiecutter.package }}.engines.raw import fit as raw_fit
+from {{ cookiecutter.package }}.errors import UserError
+
+# Documented in README.md ("Outputs"): the same in both engines.
+TAGS = {"train/loss", "val/loss", "val/acc", "test/acc", "test/loss", "lr"}
+METRICS_KEYS = {
+    "engine", "seed", "device", "epochs", "global_step", "train/loss", "val/loss", "val/acc", "best_score",
+    "monitor", "test/loss", "test/acc", "epoch_times_s", "wall_time_s", "peak_rss_mb", "peak_cuda_mb", "run_dir",
+}
+
+
+def imported_modules(importtime_stderr: str) -> set[str]:
+    """Module names from `python -X importtime` output."""
+    return {line.rsplit("|", 1)[-1].strip() for line in importtime_stderr.splitlines()
+            if line.startswith("import time:")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["raw", "lightning"])
+def test_engine_trains_and_leaves_documented_outputs(engine, log_dir):
+    flags = ("-X", "importtime") if engine == "raw" else ()
+    result = run_train(log_dir, f"engine={engine}", *SHORT_RUN, python_flags=flags)
+    assert result.returncode == 0, result.stdout + result.stderr
+    [run_dir] = run_dirs(log_dir, engine)
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert TAGS <= set(events.Tags()["scalars"])
+    assert len(events.Scalars("train/loss")) == 6  # 2 epochs x 3 batches, log_every_n_steps=1
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics) == METRICS_KEYS
+    assert metrics["engine"] == engine
+    assert (metrics["epochs"], metrics["global_step"]) == (2, 6)
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+
+    # The best weights load, without unpickling code, into the plain model.
+    model = instantiate(compose_train().model)
+    model.load_state_dict(model_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.ckpt")))
+
+    if engine == "raw":
+        modules = imported_modules(result.stderr)
+        assert "torch" in modules  # the -X importtime listing is really there
+        assert not {m for m in modules if m.split(".")[0] in ("lightning", "pytorch_lightning")}
+
+
+def test_help_answers_without_importing_torch():
+    result = subprocess.run([sys.executable, "-X", "importtime", "train.py", "--help"], cwd=PROJECT_ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert "engine: lightning, raw" in result.stdout
+    assert "torch" not in imported_modules(result.stderr)
+
+
+@pytest.mark.slow
+def test_gpu_on_a_machine_without_one_names_the_fix_and_runs_get_their_own_folders(log_dir):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    # Two runs started in the same second still get two folders.
+    runs = [subprocess.Popen([sys.executable, "train.py", f"paths.log_dir={log_dir}", "engine=raw", "trainer=gpu"],
+                             cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    for run in runs:
+        _, stderr = run.communicate(timeout=120)
+        assert run.returncode == 1
+        assert "trainer.accelerator=gpu needs a CUDA GPU" in stderr and "trainer=cpu" in stderr
+        assert "Traceback" not in stderr
+    assert len(run_dirs(log_dir, "raw")) == 2
+
+
+def test_raw_engine_refuses_a_trainer_key_it_does_not_implement(tmp_path):
+    cfg = compose_train(["engine=raw", "+trainer.benchmark=true"])
+    with pytest.raises(UserError, match=r"trainer\.benchmark is not implemented by engine=raw"):
+        raw_fit(cfg, tmp_path)
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_raw_engine_refuses_16_mixed_off_cuda(tmp_path):
+    cfg = compose_train(["engine=raw", "trainer.precision=16-mixed"])
+    with pytest.raises(UserError, match="16-mixed needs a CUDA GPU"):
+        raw_fit(cfg, tmp_path)
+
+
+def test_unsafe_checkpoint_is_refused(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this ran while loading",))
+
+    path = tmp_path / "evil.ckpt"
+    torch.save({"model": Payload()}, path)
+    with pytest.raises(UserError, match="cannot be loaded safely"):
+        load_checkpoint(path)
+    path.write_bytes(b"truncated")
+    with pytest.raises(UserError, match="cannot be loaded safely"):
+        load_checkpoint(path)

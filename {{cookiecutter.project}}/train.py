@@ -1,0 +1,32 @@
+"""Train a model: python train.py [engine=raw|lightning] [trainer=cpu|gpu|mps] [key=value ...]
+
+Hydra composes configs/train.yaml with your overrides; `python train.py --help` lists the options.
+"""
+
+import time
+
+STARTED = time.perf_counter()  # wall time in metrics.json includes start-up
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> float:
+    # Imported here, not at the top, so that `--help` and config errors answer without loading torch.
+    from {{ cookiecutter.package }}.errors import UserError
+    from {{ cookiecutter.package }}.launch import train
+
+    try:
+        metrics = train(cfg, Path(HydraConfig.get().runtime.output_dir), started=STARTED)
+    except UserError as err:
+        sys.exit(f"error: {err}")
+    return metrics["test/acc"]  # what a Hydra sweeper would optimise
+
+
+if __name__ == "__main__":
+    main()
