@@ -5,7 +5,7 @@ Hydra composes configs/train.yaml with your overrides; `python train.py --help` 
 
 import time
 
-STARTED = time.perf_counter()  # wall time in metrics.json includes start-up
+PROCESS_STARTED = {"at": time.perf_counter()}  # the first run's wall time in metrics.json includes start-up
 
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -21,8 +21,10 @@ def main(cfg: DictConfig) -> float:
     from {{ cookiecutter.package }}.errors import UserError
     from {{ cookiecutter.package }}.launch import train
 
+    # Later jobs of a multirun (-m) are timed from their own start.
+    started = PROCESS_STARTED.pop("at", None) or time.perf_counter()
     try:
-        metrics = train(cfg, Path(HydraConfig.get().runtime.output_dir), started=STARTED)
+        metrics = train(cfg, Path(HydraConfig.get().runtime.output_dir), started=started)
     except UserError as err:
         sys.exit(f"error: {err}")
     return metrics["test/acc"]  # what a Hydra sweeper would optimise

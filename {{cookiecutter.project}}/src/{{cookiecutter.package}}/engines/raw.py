@@ -170,8 +170,8 @@ def evaluate(model: nn.Module, loader: DataLoader, num_batches: int, accuracy: M
         inputs = inputs.to(device, dtype=param_dtype, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         with autocast(device, autocast_dtype):
-            logits = model(inputs)
-        loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum")
+            logits = model(inputs).float()
+        loss_sum += F.cross_entropy(logits, targets, reduction="sum")
         count += len(targets)
         accuracy.update(logits, targets)
     if count == 0:

@@ -1,0 +1,186 @@
+"""Bake the template with its defaults and with each value of every option; refuse every bad input."""
+
+import ast
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import CONTEXT, TEMPLATE
+
+TOUR_FILES = {
+    "tour/00_why_pytorch.py", "tour/01_tensors.py", "tour/02_autograd.py", "tour/03_nn.py", "tour/04_data.py",
+    "tour/05_training_loop.py", "tour/06_saving_loading.py", "tour/07_devices.py", "tour/08_tensorboard.py",
+    "tour/09_ecosystem.py", "tour/10_debugging.py", "tour/11_vs_other_frameworks.py", "tour/outline.md",
+    "tests/test_tour.py",
+}
+EXPECTED_FILES = TOUR_FILES | {
+    ".github/workflows/ci.yml", ".gitignore", ".pre-commit-config.yaml", ".vscode/launch.json", "LICENSE",
+    "README.md", "pyproject.toml", "train.py",
+    "configs/train.yaml", "configs/callbacks/default.yaml", "configs/engine/lightning.yaml",
+    "configs/engine/raw.yaml", "configs/hydra/default.yaml", "configs/logger/tensorboard.yaml",
+    "configs/paths/default.yaml",
+    *(f"configs/data/{name}.yaml" for name in ("digits", "mnist", "fashion_mnist", "cifar10")),
+    *(f"configs/model/{name}.yaml" for name in ("mlp", "cnn")),
+    *(f"configs/optimizer/{name}.yaml" for name in ("sgd", "adam", "adamw", "rmsprop")),
+    *(f"configs/scheduler/{name}.yaml" for name in ("none", "step", "cosine", "onecycle", "plateau")),
+    *(f"configs/trainer/{name}.yaml" for name in ("default", "cpu", "gpu", "mps")),
+    *(f"src/pytorch_intro/{name}.py" for name in ("__init__", "checkpoint", "data", "doctor", "errors", "launch",
+                                                   "models", "optim")),
+    "src/pytorch_intro/engines/__init__.py", "src/pytorch_intro/engines/raw.py",
+    "src/pytorch_intro/engines/lightning.py",
+    "tests/conftest.py", "tests/test_configs.py", "tests/test_data.py", "tests/test_engines.py",
+}
+# Every value but the default (the first), for every choice variable; booleans flipped.
+OPTION_VALUES = [(key, value) for key, values in CONTEXT.items() if isinstance(values, list) and not key.startswith("_") for value in values[1:]]
+OPTION_VALUES += [(key, not value) for key, value in CONTEXT.items() if isinstance(value, bool)]
+
+
+def file_set(project: Path) -> set[str]:
+    return {p.relative_to(project).as_posix() for p in project.rglob("*") if p.is_file()}
+
+
+def check_rendered_and_valid(project: Path) -> None:
+    """No template markers left, and every TOML, YAML and Python file parses."""
+    for path in project.rglob("*"):
+        if not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"\{\{|\{%|\{#", text), f"unrendered template marker in {path}"
+        assert "cookiecutter" not in text, f"cookiecutter variable left in {path}"
+        if path.suffix == ".toml":
+            tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            yaml.safe_load(text)
+        elif path.suffix == ".py":
+            ast.parse(text, filename=str(path))
+
+
+def ruff_check(project: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], cwd=project,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_default_bake_has_exactly_the_expected_files(default_bake):
+    assert file_set(default_bake) == EXPECTED_FILES
+    assert default_bake.name == "pytorch-intro"
+    check_rendered_and_valid(default_bake)
+    ruff_check(default_bake)
+    train_yaml = yaml.safe_load((default_bake / "configs" / "train.yaml").read_text())
+    assert {"engine": "lightning"} in train_yaml["defaults"] and {"data": "digits"} in train_yaml["defaults"]
+    pyproject = tomllib.loads((default_bake / "pyproject.toml").read_text())
+    assert pyproject["project"]["name"] == "pytorch-intro"
+    assert pyproject["project"]["license"] == "MIT"
+
+
+def test_every_option_is_covered():
+    assert {key for key, _ in OPTION_VALUES} == {"dataset", "default_engine", "license", "include_tour"}
+
+
+@pytest.mark.parametrize(("key", "value"), OPTION_VALUES, ids=[f"{k}={v}" for k, v in OPTION_VALUES])
+def test_each_option_value_bakes(cookies, key, value):
+    result = cookies.bake(template=str(TEMPLATE), extra_context={key: value})
+    assert result.exit_code == 0, result.exception
+    project = result.project_path
+    expected = set(EXPECTED_FILES)
+    if (key, value) == ("license", "none"):
+        expected.discard("LICENSE")
+    if (key, value) == ("include_tour", False):
+        expected -= TOUR_FILES
+    assert file_set(project) == expected
+    check_rendered_and_valid(project)
+    ruff_check(project)
+
+    defaults = yaml.safe_load((project / "configs" / "train.yaml").read_text())["defaults"]
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text())["project"]
+    readme = (project / "README.md").read_text()
+    if key == "dataset":
+        assert {"data": value} in defaults
+    elif key == "default_engine":
+        assert {"engine": value} in defaults
+    elif key == "license" and value == "none":
+        assert "license" not in pyproject and "## License" not in readme
+    elif key == "license":
+        first_line = {"BSD-3-Clause": "BSD 3-Clause License", "Apache-2.0": "Apache License"}[value]
+        assert (project / "LICENSE").read_text().strip().startswith(first_line)
+        assert pyproject["license"] == value
+    elif key == "include_tour":
+        assert "tour/" not in readme
+
+
+ODD_TEXT = {
+    "project_name": 'Ünïcode "Net" \\ back\'slash',
+    "description": 'Say "hi" \\ to ünïcode, émoji 🤖 and a tab\there',
+    "author": "Seán O'Brien \"Bob\" \\",
+}
+
+
+def test_quotes_backslashes_and_unicode_bake_into_valid_files(cookies):
+    result = cookies.bake(template=str(TEMPLATE), extra_context=ODD_TEXT)
+    assert result.exit_code != 0  # a tab is a control character: refused ...
+    result = cookies.bake(template=str(TEMPLATE), extra_context={**ODD_TEXT, "description": ODD_TEXT[
+        "description"].replace("\t", " ")})  # ... everything else bakes
+    assert result.exit_code == 0, result.exception
+    project = result.project_path
+    assert project.name == "unicode-net-back-slash"
+    check_rendered_and_valid(project)
+    ruff_check(project)
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text())["project"]
+    assert pyproject["description"] == ODD_TEXT["description"].replace("\t", " ")
+    assert pyproject["authors"][0]["name"] == ODD_TEXT["author"]
+    workflow = yaml.safe_load((project / ".github" / "workflows" / "ci.yml").read_text())
+    assert workflow["name"] == ODD_TEXT["project_name"]
+    init = ast.parse((project / "src" / "unicode_net_back_slash" / "__init__.py").read_text())
+    [assignment] = [node for node in init.body if isinstance(node, ast.Assign)
+                    and node.targets[0].id == "PROJECT_NAME"]
+    assert ast.literal_eval(assignment.value) == ODD_TEXT["project_name"]
+
+
+INVALID = [
+    ({"project": "my project"}, "project 'my project' is not a valid folder/distribution name"),
+    ({"project": "-lead"}, "project '-lead' is not a valid folder/distribution name"),
+    ({"package": "torch"}, "package 'torch' would shadow the module 'torch'"),
+    ({"package": "lightning"}, "package 'lightning' would shadow the module 'lightning'"),
+    ({"package": "hydra"}, "package 'hydra' would shadow the module 'hydra'"),
+    ({"package": "tests"}, "package 'tests' would shadow the module 'tests'"),
+    ({"package": "json"}, "package 'json' would shadow the module 'json'"),
+    ({"package": "My_Package"}, "package 'My_Package' is not a lower-case Python identifier"),
+    ({"package": "my-package"}, "package 'my-package' is not a lower-case Python identifier"),
+    ({"package": "2fast"}, "package '2fast' is not a lower-case Python identifier"),
+    ({"package": "class"}, "package 'class' is a Python keyword"),
+    ({"email": "not-an-email"}, "email 'not-an-email' is not an email address"),
+    ({"description": "two\nlines"}, "description 'two\\nlines' must be one line of printable text"),
+    ({"project_name": " "}, "project_name is empty"),
+]
+
+
+@pytest.mark.parametrize(("context", "message"), INVALID, ids=[str(c) for c, _ in INVALID])
+def test_bad_input_is_refused_with_one_clear_line(cookies, capfd, tmp_path, context, message):
+    result = cookies.bake(template=str(TEMPLATE), extra_context=context)
+    assert result.exit_code != 0
+    errors = [line for line in capfd.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], errors
+    baked = [p for p in (tmp_path / "cookies").rglob("*")]
+    assert not [p for p in baked if p.is_file()], f"left behind: {baked}"
+
+
+def test_template_markers_typed_at_the_prompt_are_refused(monkeypatch, capfd, tmp_path, _cookiecutter_config_file):
+    """At the prompt cookiecutter keeps what was typed as it is: the hook refuses the markers."""
+    from cookiecutter import prompt
+    from cookiecutter.exceptions import FailedHookException
+    from cookiecutter.main import cookiecutter
+
+    typed = {"project_name": "My {{ evil }} project", "author": "{% raw %}"}
+    monkeypatch.setattr(prompt, "read_user_variable", lambda key, default, *a, **k: typed.get(key, default))
+    monkeypatch.setattr(prompt, "read_user_choice", lambda key, options, *a, **k: options[0])
+    monkeypatch.setattr(prompt, "read_user_yes_no", lambda key, default, *a, **k: default)
+    with pytest.raises(FailedHookException):
+        cookiecutter(str(TEMPLATE), output_dir=str(tmp_path), config_file=str(_cookiecutter_config_file))
+    errors = [line for line in capfd.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == ["error: project_name 'My {{ evil }} project' contains '{{': template markers are not "
+                      "allowed in values"]
+    assert not list(tmp_path.iterdir())
