@@ -51,6 +51,11 @@ def check_config(cfg: DictConfig) -> None:
                         f"valid: monitor one of {', '.join(MONITORS)} with mode 'max' or 'min'")
 
 
+def progress_bar_enabled(trainer: DictConfig) -> bool:
+    """A progress bar only on a terminal: in CI logs and pipes it would print a line per refresh."""
+    return bool(trainer.enable_progress_bar) and sys.stderr.isatty()
+
+
 def seed_everything(seed: int) -> None:
     """Seed every generator the run draws from: Python, NumPy and torch (all devices)."""
     random.seed(seed)

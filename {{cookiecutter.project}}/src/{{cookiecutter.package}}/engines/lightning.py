@@ -22,6 +22,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..data import DataPipeline
+from ..launch import progress_bar_enabled
 from ..optim import build_optimizer, build_schedule
 
 
@@ -108,9 +109,12 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     )
     logger = TensorBoardLogger(save_dir=run_dir, name=cfg.logger.tensorboard.subdir, version="",
                                default_hp_metric=False)
-    # tqdm, as in engine=raw (with `rich` installed Lightning would pick its much slower rich progress bar).
-    callbacks = [checkpoint, timer] + ([TQDMProgressBar()] if cfg.trainer.enable_progress_bar else [])
-    trainer = L.Trainer(**cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=run_dir)
+    # tqdm on a terminal only, as in engine=raw (with `rich` installed Lightning would pick its much slower
+    # rich progress bar).
+    show_progress = progress_bar_enabled(cfg.trainer)
+    callbacks = [checkpoint, timer] + ([TQDMProgressBar()] if show_progress else [])
+    trainer = L.Trainer(**{**cfg.trainer, "enable_progress_bar": show_progress}, logger=logger, callbacks=callbacks,
+                        default_root_dir=run_dir)
 
     trainer.fit(module, datamodule=data)
     fit_metrics = {k: v.item() for k, v in trainer.callback_metrics.items()}

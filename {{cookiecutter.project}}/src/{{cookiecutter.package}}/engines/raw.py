@@ -25,6 +25,7 @@ from tqdm import tqdm
 from ..checkpoint import load_checkpoint, model_state_dict, save_checkpoint
 from ..data import DataPipeline
 from ..errors import UserError
+from ..launch import progress_bar_enabled
 from ..optim import Schedule, build_optimizer, build_schedule, limit_batches, total_optimizer_steps
 
 # The keys of configs/trainer/*.yaml that this loop implements. Any other key stops the run before it
@@ -70,7 +71,7 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     global_step, epoch, epoch_times = 0, 0, []
     last_loss = torch.tensor(float("nan"))
     val_metrics: dict[str, float] = {}
-    show_progress = trainer.enable_progress_bar and sys.stderr.isatty()
+    show_progress = progress_bar_enabled(trainer)
 
     for epoch in range(trainer.max_epochs):
         if 0 <= trainer.max_steps <= global_step:
