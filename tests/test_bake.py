@@ -14,7 +14,8 @@ from conftest import CONTEXT, TEMPLATE
 TOUR_FILES = {
     "tour/00_why_pytorch.py", "tour/01_tensors.py", "tour/02_autograd.py", "tour/03_nn.py", "tour/04_data.py",
     "tour/05_training_loop.py", "tour/06_saving_loading.py", "tour/07_devices.py", "tour/08_tensorboard.py",
-    "tour/09_ecosystem.py", "tour/10_debugging.py", "tour/11_vs_other_frameworks.py", "tour/outline.md",
+    "tour/09_ecosystem.py", "tour/10_debugging.py", "tour/11_vs_other_frameworks.py", "tour/12_further_learning.py",
+    "tour/outline.md",
     "tests/test_tour.py",
 }
 EXPECTED_FILES = TOUR_FILES | {
@@ -22,17 +23,19 @@ EXPECTED_FILES = TOUR_FILES | {
     "README.md", "pyproject.toml", "train.py",
     "configs/train.yaml", "configs/callbacks/default.yaml", "configs/engine/lightning.yaml",
     "configs/engine/raw.yaml", "configs/hydra/default.yaml", "configs/logger/tensorboard.yaml",
-    "configs/paths/default.yaml",
+    "configs/paths/default.yaml", "configs/callbacks/early_stopping.yaml", "configs/debug/none.yaml",
+    "configs/debug/anomaly.yaml",
     *(f"configs/data/{name}.yaml" for name in ("digits", "mnist", "fashion_mnist", "cifar10")),
     *(f"configs/model/{name}.yaml" for name in ("mlp", "cnn")),
     *(f"configs/optimizer/{name}.yaml" for name in ("sgd", "adam", "adamw", "rmsprop")),
     *(f"configs/scheduler/{name}.yaml" for name in ("none", "step", "cosine", "onecycle", "plateau")),
     *(f"configs/trainer/{name}.yaml" for name in ("default", "cpu", "gpu", "mps")),
-    *(f"src/pytorch_intro/{name}.py" for name in ("__init__", "checkpoint", "data", "doctor", "errors", "launch",
-                                                   "models", "optim")),
+    *(f"src/pytorch_intro/{name}.py" for name in ("__init__", "checkpoint", "data", "doctor", "errors", "guards",
+                                                   "launch", "models", "optim", "rundir")),
     "src/pytorch_intro/engines/__init__.py", "src/pytorch_intro/engines/raw.py",
     "src/pytorch_intro/engines/lightning.py",
     "tests/conftest.py", "tests/test_configs.py", "tests/test_data.py", "tests/test_engines.py",
+    "tests/test_raw_engine.py", "tests/test_doctor.py",
 }
 # Every value but the default (the first), for every choice variable; booleans flipped.
 OPTION_VALUES = [(key, value) for key, values in CONTEXT.items() if isinstance(values, list) and not key.startswith("_") for value in values[1:]]

@@ -14,11 +14,15 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from {{ cookiecutter.package }}.rundir import register_resolvers  # noqa: E402
+
+register_resolvers()  # hydra.run.dir depends on ckpt_path: a resumed run continues in its own folder
+
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float:
     # Imported here, not at the top, so that `--help` and config errors answer without loading torch.
-    from {{ cookiecutter.package }}.errors import UserError
+    from {{ cookiecutter.package }}.errors import TrainingStopped, UserError
     from {{ cookiecutter.package }}.launch import train
 
     # Later jobs of a multirun (-m) are timed from their own start.
@@ -27,6 +31,9 @@ def main(cfg: DictConfig) -> float:
         metrics = train(cfg, Path(HydraConfig.get().runtime.output_dir), started=started)
     except UserError as err:
         sys.exit(f"error: {err}")
+    except TrainingStopped as stop:
+        print(stop, file=sys.stderr)
+        sys.exit(stop.exit_code)
     return metrics["test/acc"]  # what a Hydra sweeper would optimise
 
 

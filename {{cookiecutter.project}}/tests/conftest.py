@@ -8,6 +8,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from {{ cookiecutter.package }}.rundir import register_resolvers
+
+register_resolvers()  # configs/hydra/default.yaml uses ${run_dir:...}, as train.py registers it
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "configs"
 

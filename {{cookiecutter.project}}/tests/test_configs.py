@@ -6,11 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import CONFIG_DIR, compose_train
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from {{ cookiecutter.package }}.errors import UserError
-from {{ cookiecutter.package }}.launch import check_config
+from {{ cookiecutter.package }}.launch import build_model, check_config
 from {{ cookiecutter.package }}.optim import build_optimizer, build_schedule, limit_batches, total_optimizer_steps
 
 # Groups that train.yaml selects one option from; hydra/ and paths/ have a single file each.
@@ -52,7 +51,7 @@ SCHEDULERS = sorted(p.stem for p in (CONFIG_DIR / "scheduler").glob("*.yaml"))
 def test_model_optimizer_scheduler_take_a_step(model, optimizer, scheduler):
     cfg = compose_train([f"model={model}", f"optimizer={optimizer}", f"scheduler={scheduler}"])
     torch.manual_seed(0)
-    net = instantiate(cfg.model)
+    net = build_model(cfg.model)
     opt = build_optimizer(cfg.optimizer, net.parameters())
     schedule = build_schedule(cfg.scheduler, opt, total_steps=10)
     assert (schedule is None) == (scheduler == "none")

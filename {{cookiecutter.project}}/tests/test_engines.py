@@ -7,12 +7,12 @@ import sys
 import pytest
 import torch
 from conftest import PROJECT_ROOT, SHORT_RUN, compose_train, run_dirs, run_train
-from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from {{ cookiecutter.package }}.checkpoint import load_checkpoint, model_state_dict
 from {{ cookiecutter.package }}.engines.raw import fit as raw_fit
 from {{ cookiecutter.package }}.errors import UserError
+from {{ cookiecutter.package }}.launch import build_model
 
 # Documented in README.md ("Outputs"): the same in both engines.
 TAGS = {"train/loss", "val/loss", "val/acc", "test/acc", "test/loss", "lr"}
@@ -51,7 +51,7 @@ def test_engine_trains_and_leaves_documented_outputs(engine, log_dir):
     assert 0.0 <= metrics["test/acc"] <= 1.0
 
     # The best weights load, without unpickling code, into the plain model.
-    model = instantiate(compose_train().model)
+    model = build_model(compose_train().model)
     model.load_state_dict(model_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.ckpt")))
 
     if engine == "raw":
@@ -109,3 +109,18 @@ def test_unsafe_checkpoint_is_refused(tmp_path):
     path.write_bytes(b"truncated")
     with pytest.raises(UserError, match="cannot be loaded safely"):
         load_checkpoint(path)
+
+
+def test_lightning_engine_honours_early_stopping_grad_norm_and_anomaly_mode(tmp_path):
+    from {{ cookiecutter.package }}.engines import lightning as lightning_engine
+
+    cfg = compose_train(["engine=lightning", "callbacks=early_stopping", "callbacks.early_stopping.patience=1",
+                         "callbacks.early_stopping.min_delta=100", "trainer.max_epochs=10",
+                         "trainer.limit_train_batches=3", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
+                         "trainer.log_every_n_steps=2"])
+    metrics = lightning_engine.fit(cfg, tmp_path)
+    assert metrics["epochs"] == 2  # as engine=raw: the second validation cannot improve by 100
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/grad_norm")] == [1, 3, 5]  # engine=raw's cadence
+    assert lightning_engine.trainer_arguments(compose_train(["debug=anomaly"]), False)["detect_anomaly"] is True

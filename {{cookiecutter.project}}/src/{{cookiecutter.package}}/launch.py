@@ -14,9 +14,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig
+from torch import nn
 
 from .errors import UserError
+from .rundir import find_checkpoint
 
 ENGINES = ("raw", "lightning")
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
@@ -51,6 +54,14 @@ def check_config(cfg: DictConfig) -> None:
                         f"valid: monitor one of {', '.join(MONITORS)} with mode 'max' or 'min'")
 
 
+def build_model(cfg: DictConfig) -> nn.Module:
+    """The configured nn.Module; `compile: true` compiles it in place (state_dict keys stay the same)."""
+    model = instantiate({k: v for k, v in cfg.items() if k != "compile"})
+    if cfg.get("compile"):
+        model.compile()
+    return model
+
+
 def progress_bar_enabled(trainer: DictConfig) -> bool:
     """A progress bar only on a terminal: in CI logs and pipes it would print a line per refresh."""
     return bool(trainer.enable_progress_bar) and sys.stderr.isatty()
@@ -69,15 +80,22 @@ def peak_rss_mb() -> float:
 
 
 def train(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict[str, Any]:
-    """Train, validate and test with the configured engine; write and return the run's metrics."""
+    """Train, validate and test with the configured engine; write and return the run's metrics.
+
+    `run_dir` is the run's folder (logs/train/<engine>/<run>); with `ckpt_path` set it is the folder of the
+    run being resumed (configs/hydra/default.yaml), and `ckpt_path=last` looks for the newest run beside it.
+    """
     started = time.perf_counter() if started is None else started
     check_config(cfg)
+    checkpoint = find_checkpoint(cfg.ckpt_path, run_dir.parent)
+    if checkpoint is not None and cfg.ckpt_path == "last":
+        print(f"ckpt_path=last: resuming the newest {cfg.engine.name} run, {checkpoint}", flush=True)
     seed_everything(cfg.seed)
     if cfg.engine.name == "raw":
         from .engines.raw import fit
     else:
         from .engines.lightning import fit
-    results = fit(cfg, run_dir)
+    results = fit(cfg, run_dir, checkpoint)
     metrics = {
         "engine": cfg.engine.name,
         "seed": cfg.seed,

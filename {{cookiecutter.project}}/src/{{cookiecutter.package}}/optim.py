@@ -65,3 +65,12 @@ def total_optimizer_steps(num_batches: int, trainer: DictConfig) -> int:
     per_epoch = math.ceil(limit_batches(num_batches, trainer.limit_train_batches) / trainer.accumulate_grad_batches)
     total = per_epoch * max(trainer.max_epochs, 1)
     return min(total, trainer.max_steps) if trainer.max_steps not in (None, -1) else total
+
+
+def check_resumable(saved_scheduler_state: dict | None, total_steps: int) -> None:
+    """A schedule planned for a fixed number of steps (OneCycleLR) cannot be stretched on resume."""
+    saved_total = (saved_scheduler_state or {}).get("total_steps")
+    if saved_total is not None and saved_total != total_steps:
+        raise UserError(f"the checkpoint's OneCycleLR was planned for {saved_total} steps, this run has {total_steps}: "
+                        "resume with the original trainer.max_epochs/max_steps, or use a scheduler that does not "
+                        "plan ahead (scheduler=cosine, step, plateau or none)")

@@ -6,6 +6,7 @@ configs/trainer/*.yaml keys that engine=raw implements by hand.
 """
 
 import logging
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -14,16 +15,18 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..data import DataPipeline
-from ..launch import progress_bar_enabled
-from ..optim import build_optimizer, build_schedule
+from ..errors import TrainingStopped
+from ..guards import NonFiniteLossGuard
+from ..launch import build_model, progress_bar_enabled
+from ..optim import build_optimizer, build_schedule, check_resumable
 
 
 class DataModule(DataPipeline, L.LightningDataModule):
@@ -39,6 +42,7 @@ class Classifier(L.LightningModule):
         self.cfg = cfg
         self.val_acc = MulticlassAccuracy(num_classes=cfg.data.num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=cfg.data.num_classes, average="micro")
+        self.non_finite: NonFiniteLossGuard | None = None
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.model(inputs)
@@ -46,9 +50,30 @@ class Classifier(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         inputs, targets = batch
         loss = F.cross_entropy(self.model(inputs), targets)
+        if self.non_finite is None:
+            self.non_finite = NonFiniteLossGuard(self.device)
+        self.non_finite.record(loss, inputs, self.current_epoch, self.global_step)
         self.log("train/loss", loss)
         self.log("lr", self.optimizers().param_groups[0]["lr"])
         return loss
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        for state in checkpoint.get("lr_schedulers", []):
+            check_resumable(state, self.trainer.estimated_stepping_batches)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Called after unscaling, before clipping: the same gradients engine=raw measures.
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.global_step % self.trainer.log_every_n_steps == 0 and self.non_finite is not None:
+            self.non_finite.check(self.model)
+
+    def on_validation_epoch_start(self) -> None:
+        if self.non_finite is not None:  # before ModelCheckpoint can save a broken state
+            self.non_finite.check(self.model)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val", self.val_acc)
@@ -79,12 +104,29 @@ class EpochTimer(L.Callback):
 
     def __init__(self) -> None:
         self.times: list[float] = []
+        self.started: float | None = None  # None: a run resumed mid-epoch skips that epoch's start hook
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.started = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self.times.append(time.perf_counter() - self.started)
+        if self.started is not None:
+            self.times.append(time.perf_counter() - self.started)
+
+
+class SaveOnStop(L.Callback):
+    """SIGTERM or Ctrl-C: Lightning finishes the current step and raises; save last.ckpt to resume from.
+
+    Other exceptions (a non-finite loss, a bug) save nothing, so last.ckpt keeps the last good state.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.signal = path, None
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+            self.signal = signal.SIGTERM if isinstance(exception, SIGTERMException) else signal.SIGINT
+            trainer.save_checkpoint(self.path, weights_only=False)  # everything, to resume
 
 
 def quiet_lightning() -> None:
@@ -97,12 +139,13 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
 
-def fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[str, Any]:
     """Train with validation every epoch, then test with the best checkpoint. Returns the final metrics."""
     quiet_lightning()
     data = DataModule(cfg.data, seed=cfg.seed)
-    module = Classifier(instantiate(cfg.model), cfg)
+    module = Classifier(build_model(cfg.model), cfg)
     timer = EpochTimer()
+    stop = SaveOnStop(run_dir / "checkpoints" / "last.ckpt")
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor=cfg.callbacks.model_checkpoint.monitor,
         mode=cfg.callbacks.model_checkpoint.mode, save_last=True, enable_version_counter=False,
@@ -112,11 +155,19 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     # tqdm on a terminal only, as in engine=raw (with `rich` installed Lightning would pick its much slower
     # rich progress bar).
     show_progress = progress_bar_enabled(cfg.trainer)
-    callbacks = [checkpoint, timer] + ([TQDMProgressBar()] if show_progress else [])
-    trainer = L.Trainer(**{**cfg.trainer, "enable_progress_bar": show_progress}, logger=logger, callbacks=callbacks,
+    callbacks = [checkpoint, timer, stop] + ([TQDMProgressBar()] if show_progress else [])
+    if cfg.callbacks.get("early_stopping"):
+        callbacks.append(EarlyStopping(**cfg.callbacks.early_stopping))
+    trainer = L.Trainer(**trainer_arguments(cfg, show_progress), logger=logger, callbacks=callbacks,
                         default_root_dir=run_dir)
 
-    trainer.fit(module, datamodule=data)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+    except (SIGTERMException, SystemExit):  # Lightning exits on Ctrl-C after its on_exception hooks
+        if stop.signal is None:
+            raise
+        raise TrainingStopped.by_signal(stop.signal, trainer.current_epoch, trainer.global_step,
+                                        run_dir / "checkpoints", "lightning") from None
     fit_metrics = {k: v.item() for k, v in trainer.callback_metrics.items()}
     trainer.test(module, datamodule=data, ckpt_path="best" if checkpoint.best_model_path else None,
                  verbose=False, weights_only=True)
@@ -124,7 +175,7 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     return {
         "device": str(module.device),
-        "epochs": len(timer.times),
+        "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "train/loss": fit_metrics.get("train/loss", float("nan")),
         **{k: v for k, v in fit_metrics.items() if k.startswith("val/")},
@@ -133,3 +184,8 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         **test_metrics,
         "epoch_times_s": [round(t, 4) for t in timer.times],
     }
+
+
+def trainer_arguments(cfg: DictConfig, show_progress: bool) -> dict[str, Any]:
+    """lightning.Trainer arguments: configs/trainer/*.yaml plus the debug switches."""
+    return {**cfg.trainer, "enable_progress_bar": show_progress, "detect_anomaly": bool(cfg.debug.detect_anomaly)}

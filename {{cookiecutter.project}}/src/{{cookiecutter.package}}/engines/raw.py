@@ -2,19 +2,24 @@
 
 Read `fit` top to bottom: it does by hand what `lightning.Trainer` does for engines/lightning.py, with the
 same configs: device and precision, the epoch loop, zero_grad/backward/step, gradient accumulation and
-clipping, scheduler stepping, validation, TensorBoard, checkpoints, and a test with the best weights.
+clipping, scheduler stepping, validation, early stopping, TensorBoard, checkpoints that resume exactly,
+a clean stop on SIGTERM/Ctrl-C, and a test with the best weights.
 This file must not import lightning.
 """
 
 import contextlib
+import itertools
+import math
+import random
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
@@ -24,9 +29,17 @@ from tqdm import tqdm
 
 from ..checkpoint import load_checkpoint, model_state_dict, save_checkpoint
 from ..data import DataPipeline
-from ..errors import UserError
-from ..launch import progress_bar_enabled
-from ..optim import Schedule, build_optimizer, build_schedule, limit_batches, total_optimizer_steps
+from ..errors import TrainingStopped, UserError
+from ..guards import NonFiniteLossGuard
+from ..launch import build_model, progress_bar_enabled
+from ..optim import (
+    Schedule,
+    build_optimizer,
+    build_schedule,
+    check_resumable,
+    limit_batches,
+    total_optimizer_steps,
+)
 
 # The keys of configs/trainer/*.yaml that this loop implements. Any other key stops the run before it
 # starts: a Lightning setting the raw engine would silently ignore is a bug, not a feature.
@@ -38,7 +51,7 @@ SUPPORTED_TRAINER_KEYS = {
 PRECISIONS = ("32-true", "64-true", "bf16-mixed", "16-mixed")
 
 
-def fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[str, Any]:
     """Train with validation every epoch, then test with the best checkpoint. Returns the final metrics."""
     trainer = cfg.trainer
     check_trainer_keys(trainer)
@@ -46,6 +59,7 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     param_dtype, autocast_dtype = parse_precision(str(trainer.precision), device)
     if trainer.deterministic:
         torch.use_deterministic_algorithms(True)
+    torch.autograd.set_detect_anomaly(bool(cfg.debug.detect_anomaly))  # debug=anomaly: slow, names the bad op
 
     # Data: the same pipeline the Lightning engine wraps in a LightningDataModule.
     data = DataPipeline(cfg.data, seed=cfg.seed)
@@ -56,82 +70,140 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     val_batches = limit_batches(len(val_loader), trainer.limit_val_batches)
 
     # Model, optimizer, scheduler. OneCycleLR's total_steps comes from the data, as in Lightning.
-    model = instantiate(cfg.model).to(device=device, dtype=param_dtype)
+    model = build_model(cfg.model).to(device=device, dtype=param_dtype)
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
     schedule = build_schedule(cfg.scheduler, optimizer, total_optimizer_steps(len(train_loader), trainer))
     # Loss scaling keeps float16 gradients from underflowing; with any other precision it does nothing.
     scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
     accuracy = MulticlassAccuracy(num_classes=cfg.data.num_classes, average="micro").to(device)
-
-    writer = SummaryWriter(run_dir / cfg.logger.tensorboard.subdir)
     checkpoint_dir = run_dir / "checkpoints"
     monitor, mode = cfg.callbacks.model_checkpoint.monitor, cfg.callbacks.model_checkpoint.mode
-    best_score: float | None = None
+    early_stopping = EarlyStopping.from_config(cfg.callbacks.get("early_stopping"))
+
+    # Where the run starts: from scratch, or exactly where a checkpoint left off.
+    progress = {"epoch": 0, "batches_done": 0, "global_step": 0, "best_score": None}
+    if ckpt_path is not None:
+        state = load_checkpoint(ckpt_path)
+        if state.get("engine") != "raw":
+            raise UserError(f"ckpt_path={ckpt_path} was written by engine={state.get('engine', 'lightning')}: "
+                            "resume it with that engine (its weights load anywhere with checkpoint.model_state_dict)")
+        if "progress" not in state:
+            raise UserError(f"ckpt_path={ckpt_path} holds only the best weights, not the training state: resume "
+                            "from last.ckpt (ckpt_path=last)")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if schedule:
+            check_resumable(state["scheduler"], total_optimizer_steps(len(train_loader), trainer))
+            schedule.scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        early_stopping.load_state_dict(state["early_stopping"])
+        progress = state["progress"]
+        set_rng_state(state["rng"])
+        print(f"resuming {ckpt_path} at epoch {progress['epoch']}, step {progress['global_step']}", flush=True)
+    global_step, best_score = progress["global_step"], progress["best_score"]
+
+    # purge_step drops events a crashed run logged after this checkpoint, so curves continue cleanly.
+    writer = SummaryWriter(run_dir / cfg.logger.tensorboard.subdir, purge_step=global_step or None)
     accumulate = trainer.accumulate_grad_batches
-    global_step, epoch, epoch_times = 0, 0, []
+    non_finite = NonFiniteLossGuard(device)
     last_loss = torch.tensor(float("nan"))
     val_metrics: dict[str, float] = {}
+    epoch_times: list[float] = []
+    epochs_done = progress["epoch"]
     show_progress = progress_bar_enabled(trainer)
 
-    for epoch in range(trainer.max_epochs):
-        if 0 <= trainer.max_steps <= global_step:
-            break
-        epoch_started = time.perf_counter()
-        train_loader.sampler.set_epoch(epoch)  # the shuffle order is a function of (seed, epoch)
-        model.train()
-        batches = tqdm(train_loader, total=train_batches, desc=f"Epoch {epoch}", unit="batch",
-                       disable=not show_progress, leave=False)
-        for batch_idx, (inputs, targets) in enumerate(batches):
-            if batch_idx >= train_batches or 0 <= trainer.max_steps <= global_step:
+    def save_last(epoch: int, batches_done: int) -> None:
+        non_finite.check(model)  # never overwrite the last good state with a broken one
+        state = {
+            "engine": "raw",
+            "progress": {"epoch": epoch, "batches_done": batches_done, "global_step": global_step,
+                         "best_score": best_score},
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": schedule.scheduler.state_dict() if schedule else None,
+            "scaler": scaler.state_dict(),
+            "early_stopping": early_stopping.state_dict(),
+            "rng": get_rng_state(),  # dropout masks after a resume are the ones the straight run draws
+            "data_order": {"seed": cfg.seed, "epoch": epoch, "batches_done": batches_done},
+            "config": OmegaConf.to_yaml(cfg),
+            "versions": {"torch": str(torch.__version__), "python": sys.version.split()[0]},
+        }
+        save_checkpoint(state, checkpoint_dir / "last.ckpt")
+
+    with stop_on_signals() as stop_requested:
+        for epoch in range(progress["epoch"], trainer.max_epochs):
+            if early_stopping.should_stop or 0 <= trainer.max_steps <= global_step:
                 break
-            inputs = inputs.to(device, dtype=param_dtype, non_blocking=True)
-            targets = targets.to(device, non_blocking=True)
+            epoch_started = time.perf_counter()
+            train_loader.sampler.set_epoch(epoch)  # the shuffle order is a function of (seed, epoch)
+            skip = progress["batches_done"] if epoch == progress["epoch"] else 0  # resumed mid-epoch
+            model.train()
+            batches = tqdm(itertools.islice(enumerate(train_loader), skip, train_batches), total=train_batches - skip,
+                           desc=f"Epoch {epoch}", unit="batch", disable=not show_progress, leave=False)
+            for batch_idx, (inputs, targets) in batches:
+                if 0 <= trainer.max_steps <= global_step:
+                    break
+                inputs = inputs.to(device, dtype=param_dtype, non_blocking=True)
+                targets = targets.to(device, non_blocking=True)
 
-            # 1. forward, 2. loss (autocast runs the forward pass in bf16/fp16 under mixed precision)
-            with autocast(device, autocast_dtype):
-                loss = F.cross_entropy(model(inputs), targets)
-            # 3. backward: gradients add up over `accumulate` batches, each loss scaled down to match one
-            #    big batch (the same normalisation Lightning applies)
-            scaler.scale(loss / accumulate).backward()
-            last_loss = loss.detach()
-            if (batch_idx + 1) % accumulate != 0 and batch_idx + 1 != train_batches:
-                continue  # keep accumulating; the last batch of an epoch always steps
+                # 1. forward, 2. loss (autocast runs the forward pass in bf16/fp16 under mixed precision)
+                with autocast(device, autocast_dtype):
+                    loss = F.cross_entropy(model(inputs), targets)
+                non_finite.record(loss, inputs, epoch, global_step)  # checked at the logging cadence
+                # 3. backward: gradients add up over `accumulate` batches, each loss scaled down to match one
+                #    big batch (the same normalisation Lightning applies)
+                scaler.scale(loss / accumulate).backward()
+                last_loss = loss.detach()
+                if (batch_idx + 1) % accumulate != 0 and batch_idx + 1 != train_batches:
+                    continue  # keep accumulating; the last batch of an epoch always steps
 
-            # 4. clip, step, and 5. zero the gradients for the next window
-            scaler.unscale_(optimizer)  # clip true gradients, not loss-scaled ones
-            clip_gradients(model, trainer.gradient_clip_val, trainer.gradient_clip_algorithm)
-            learning_rate = optimizer.param_groups[0]["lr"]  # the rate this step uses
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            if schedule and schedule.interval == "step":
-                schedule.scheduler.step()
+                # 4. clip and step, 5. zero the gradients for the next window
+                scaler.unscale_(optimizer)  # clip true gradients, not loss-scaled ones
+                log_now = (global_step + 1) % trainer.log_every_n_steps == 0
+                if log_now:
+                    grads = [p.grad for p in model.parameters() if p.grad is not None]
+                    writer.add_scalar("train/grad_norm", torch.nn.utils.get_total_norm(grads).item(), global_step)
+                clip_gradients(model, trainer.gradient_clip_val, trainer.gradient_clip_algorithm)
+                learning_rate = optimizer.param_groups[0]["lr"]  # the rate this step uses
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                if schedule and schedule.interval == "step":
+                    schedule.scheduler.step()
 
-            # Reading a tensor's value (.item()) waits for the device: only at the logging cadence.
-            if (global_step + 1) % trainer.log_every_n_steps == 0:
-                writer.add_scalar("train/loss", last_loss.item(), global_step)
-                writer.add_scalar("lr", learning_rate, global_step)
+                # Reading a tensor's value (.item()) waits for the device: only at the logging cadence.
+                if log_now:
+                    non_finite.check(model)
+                    writer.add_scalar("train/loss", last_loss.item(), global_step)
+                    writer.add_scalar("lr", learning_rate, global_step)
+                    writer.add_scalar("epoch", epoch, global_step)
+                    batches.set_postfix(loss=f"{last_loss.item():.4f}")
+                global_step += 1
+                if stop_requested():  # SIGTERM/SIGINT: the step is done, save it and leave
+                    save_last(epoch, batch_idx + 1)
+                    writer.close()
+                    raise TrainingStopped.by_signal(stop_requested(), epoch, global_step, checkpoint_dir, "raw")
+
+            non_finite.check(model)
+            if (epoch + 1) % trainer.check_val_every_n_epoch == 0:
+                val_metrics = evaluate(model, val_loader, val_batches, accuracy, device, param_dtype, autocast_dtype)
+                for name, value in val_metrics.items():
+                    writer.add_scalar(f"val/{name}", value, global_step)
                 writer.add_scalar("epoch", epoch, global_step)
-                batches.set_postfix(loss=f"{last_loss.item():.4f}")
-            global_step += 1
-
-        if (epoch + 1) % trainer.check_val_every_n_epoch == 0:
-            val_metrics = evaluate(model, val_loader, val_batches, accuracy, device, param_dtype, autocast_dtype)
-            for name, value in val_metrics.items():
-                writer.add_scalar(f"val/{name}", value, global_step)
-            writer.add_scalar("epoch", epoch, global_step)
-            score = val_metrics[monitor.removeprefix("val/")]
-            if best_score is None or (score > best_score if mode == "max" else score < best_score):
-                best_score = score
-                save_checkpoint(checkpoint_state(model, optimizer, schedule, scaler, epoch, global_step,
-                                                 best_score, cfg), checkpoint_dir / "best.ckpt")
-        if schedule and schedule.interval == "epoch":
-            step_epoch_scheduler(schedule, val_metrics)
-        epoch_times.append(time.perf_counter() - epoch_started)
-        save_checkpoint(checkpoint_state(model, optimizer, schedule, scaler, epoch, global_step, best_score, cfg),
-                        checkpoint_dir / "last.ckpt")
-        print(f"epoch {epoch}: train/loss {last_loss.item():.4f}"
-              + "".join(f"  val/{k} {v:.4f}" for k, v in val_metrics.items()), flush=True)
+                score = val_metrics[monitor.removeprefix("val/")]
+                if best_score is None or (score > best_score if mode == "max" else score < best_score):
+                    best_score = score
+                    save_checkpoint({"engine": "raw", "model": model.state_dict(), "epoch": epoch,
+                                     "global_step": global_step, monitor: score, "config": OmegaConf.to_yaml(cfg)},
+                                    checkpoint_dir / "best.ckpt")
+                early_stopping.update(val_metrics)
+            if schedule and schedule.interval == "epoch":
+                step_epoch_scheduler(schedule, val_metrics)
+            epoch_times.append(time.perf_counter() - epoch_started)
+            epochs_done = epoch + 1
+            save_last(epochs_done, 0)
+            print(f"epoch {epoch}: train/loss {last_loss.item():.4f}"
+                  + "".join(f"  val/{k} {v:.4f}" for k, v in val_metrics.items()), flush=True)
 
     # Test with the best weights, as Lightning's trainer.test(ckpt_path="best") does.
     best_path = checkpoint_dir / "best.ckpt"
@@ -147,7 +219,7 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     return {
         "device": str(device),
-        "epochs": len(epoch_times),
+        "epochs": epochs_done,
         "global_step": global_step,
         "train/loss": last_loss.item(),
         **{f"val/{k}": v for k, v in val_metrics.items()},
@@ -165,9 +237,7 @@ def evaluate(model: nn.Module, loader: DataLoader, num_batches: int, accuracy: M
     model.eval()
     accuracy.reset()
     loss_sum, count = torch.zeros((), device=device), 0
-    for batch_idx, (inputs, targets) in enumerate(loader):
-        if batch_idx >= num_batches:
-            break
+    for inputs, targets in itertools.islice(loader, num_batches):
         inputs = inputs.to(device, dtype=param_dtype, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         with autocast(device, autocast_dtype):
@@ -243,17 +313,83 @@ def step_epoch_scheduler(schedule: Schedule, val_metrics: dict[str, float]) -> N
         schedule.scheduler.step()
 
 
-def checkpoint_state(model, optimizer, schedule, scaler, epoch, global_step, best_score, cfg) -> dict[str, Any]:
-    """Everything a later run needs to continue from here, as tensors and plain Python values."""
+class EarlyStopping:
+    """Stop when `monitor` has not improved by more than `min_delta` for `patience` validations
+    (Lightning's EarlyStopping rule). Disabled when callbacks.early_stopping is null."""
+
+    def __init__(self, monitor: str | None = None, mode: str = "min", patience: int = 3, min_delta: float = 0.0):
+        self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, abs(min_delta)
+        self.best = math.inf if mode == "min" else -math.inf
+        self.wait, self.should_stop = 0, False
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig | None) -> "EarlyStopping":
+        if not cfg:
+            return cls()
+        if cfg.mode not in ("min", "max"):
+            raise UserError(f"callbacks.early_stopping.mode={cfg.mode!r} is not valid: use 'min' or 'max'")
+        return cls(cfg.monitor, cfg.mode, cfg.patience, cfg.min_delta)
+
+    def update(self, val_metrics: dict[str, float]) -> None:
+        if self.monitor is None:
+            return
+        value = val_metrics[self.monitor.removeprefix("val/")]
+        improved = value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
+        if not math.isfinite(value):
+            self.should_stop = True
+        elif improved:
+            self.best, self.wait = value, 0
+        else:
+            self.wait += 1
+            self.should_stop = self.wait >= self.patience
+        if self.should_stop:
+            print(f"early stopping: {self.monitor} has not improved for {self.wait} validations "
+                  f"(best {self.best:.4f})", flush=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "wait": self.wait, "should_stop": self.should_stop}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.wait, self.should_stop = state["best"], state["wait"], state["should_stop"]
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """SIGTERM and SIGINT (Ctrl-C) ask the loop to stop after the current step instead of killing it.
+
+    Yields a function that returns the signal received, or None. A second Ctrl-C stops at once.
+    """
+    received: list[int] = []
+
+    def handler(signum, frame):
+        if received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        received.append(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield lambda: received[0] if received else None
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Every random generator the run draws from, as tensors and plain values (safe to load)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     return {
-        "engine": "raw",
-        "epoch": epoch,
-        "global_step": global_step,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": schedule.scheduler.state_dict() if schedule else None,
-        "scaler": scaler.state_dict(),
-        "best_score": best_score,
-        "config": OmegaConf.to_yaml(cfg),
-        "versions": {"torch": str(torch.__version__), "python": sys.version.split()[0]},
+        "python": random.getstate(),
+        "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,50 @@
+"""Where a run writes: a new folder, or the folder of the run it resumes.
+
+train.py registers `run_dir` as an OmegaConf resolver before Hydra composes the config, so that
+`hydra.run.dir` can depend on `ckpt_path`: with `ckpt_path=last` or a checkpoint file, the run continues in
+the folder that holds the checkpoint, with its TensorBoard run, instead of starting a new folder.
+Kept free of torch so that `python train.py --help` stays fast.
+"""
+
+from datetime import datetime
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from .errors import UserError
+
+RUN_NAME_FORMAT = "%Y-%m-%d_%H-%M-%S_%f"  # microseconds: two runs started in the same second differ
+
+
+def find_checkpoint(ckpt_path: str | None, engine_dir: str | Path) -> Path | None:
+    """The checkpoint to resume: None for a new run, the newest run's last.ckpt for 'last', else the file."""
+    if ckpt_path in (None, "", "null", "None"):
+        return None
+    if ckpt_path == "last":
+        runs = sorted(Path(engine_dir).glob("*/checkpoints/last.ckpt"), key=lambda p: p.parent.parent.name)
+        if not runs:
+            raise UserError(f"ckpt_path=last: no run under {engine_dir} has checkpoints/last.ckpt to resume; "
+                            "train once without ckpt_path, or give ckpt_path=<file>")
+        return runs[-1]
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise UserError(f"ckpt_path={ckpt_path}: no such checkpoint file; use ckpt_path=last or the path of a "
+                        ".ckpt file (logs/train/<engine>/<run>/checkpoints/last.ckpt)")
+    return path.resolve()
+
+
+def run_dir(ckpt_path: str | None, engine_dir: str) -> str:
+    """hydra.run.dir: the resumed run's folder, or a new timestamped folder under `engine_dir`."""
+    try:
+        checkpoint = find_checkpoint(ckpt_path, engine_dir)
+    except UserError:
+        checkpoint = None  # launch.train reports the problem as one line, after Hydra has started
+    if checkpoint is not None and checkpoint.parent.name == "checkpoints":
+        return str(checkpoint.parent.parent)
+    return f"{engine_dir}/{datetime.now().strftime(RUN_NAME_FORMAT)}"
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("run_dir"):
+        # Cached: Hydra reads hydra.run.dir more than once, and a new folder must not get a new time stamp.
+        OmegaConf.register_new_resolver("run_dir", run_dir, use_cache=True)
