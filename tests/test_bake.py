@@ -20,7 +20,7 @@ TOUR_FILES = {
 }
 EXPECTED_FILES = TOUR_FILES | {
     ".github/workflows/ci.yml", ".gitignore", ".pre-commit-config.yaml", ".vscode/launch.json", "LICENSE",
-    "README.md", "pyproject.toml", "train.py",
+    "README.md", "COMPARISON.md", "pyproject.toml", "train.py",
     "configs/train.yaml", "configs/callbacks/default.yaml", "configs/engine/lightning.yaml",
     "configs/engine/raw.yaml", "configs/hydra/default.yaml", "configs/logger/tensorboard.yaml",
     "configs/paths/default.yaml", "configs/callbacks/early_stopping.yaml", "configs/debug/none.yaml",
@@ -35,7 +35,7 @@ EXPECTED_FILES = TOUR_FILES | {
     "src/pytorch_intro/engines/__init__.py", "src/pytorch_intro/engines/raw.py",
     "src/pytorch_intro/engines/lightning.py",
     "tests/conftest.py", "tests/test_configs.py", "tests/test_data.py", "tests/test_engines.py",
-    "tests/test_raw_engine.py", "tests/test_doctor.py",
+    "tests/test_raw_engine.py", "tests/test_doctor.py", "tests/test_parity.py",
 }
 # Every value but the default (the first), for every choice variable; booleans flipped.
 OPTION_VALUES = [(key, value) for key, values in CONTEXT.items() if isinstance(values, list) and not key.startswith("_") for value in values[1:]]

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .errors import UserError
@@ -62,6 +62,12 @@ def build_model(cfg: DictConfig) -> nn.Module:
     return model
 
 
+def write_hparams(cfg: DictConfig, tensorboard_dir: Path) -> None:
+    """The composed config beside the TensorBoard events, in both engines (Lightning keeps an existing file)."""
+    tensorboard_dir.mkdir(parents=True, exist_ok=True)
+    (tensorboard_dir / "hparams.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
 def progress_bar_enabled(trainer: DictConfig) -> bool:
     """A progress bar only on a terminal: in CI logs and pipes it would print a line per refresh."""
     return bool(trainer.enable_progress_bar) and sys.stderr.isatty()
@@ -72,6 +78,27 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Every random generator the run draws from, as tensors and plain values (safe to load)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def peak_rss_mb() -> float:

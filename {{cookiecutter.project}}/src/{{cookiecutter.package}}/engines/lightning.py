@@ -25,7 +25,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from ..data import DataPipeline
 from ..errors import TrainingStopped
 from ..guards import NonFiniteLossGuard
-from ..launch import build_model, progress_bar_enabled
+from ..launch import build_model, get_rng_state, progress_bar_enabled, set_rng_state, write_hparams
 from ..optim import build_optimizer, build_schedule, check_resumable
 
 
@@ -57,9 +57,15 @@ class Classifier(L.LightningModule):
         self.log("lr", self.optimizers().param_groups[0]["lr"])
         return loss
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning does not save RNG states; without them dropout after a resume would differ.
+        checkpoint["rng"] = get_rng_state()
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         for state in checkpoint.get("lr_schedulers", []):
             check_resumable(state, self.trainer.estimated_stepping_batches)
+        if "rng" in checkpoint:
+            set_rng_state(checkpoint["rng"])
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Called after unscaling, before clipping: the same gradients engine=raw measures.
@@ -135,6 +141,8 @@ def quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch.accelerators.cuda").setLevel(logging.WARNING)
     # Lightning's own use of a torch API that torch has deprecated: nothing the user can act on.
     warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+    # A resumed run writes into its own checkpoints/ folder on purpose.
+    warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
     # Advice for large datasets: the bundled data is a tensor in memory, where workers only cost start-up.
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
@@ -148,14 +156,18 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
     stop = SaveOnStop(run_dir / "checkpoints" / "last.ckpt")
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor=cfg.callbacks.model_checkpoint.monitor,
-        mode=cfg.callbacks.model_checkpoint.mode, save_last=True, enable_version_counter=False,
+        mode=cfg.callbacks.model_checkpoint.mode, enable_version_counter=False,
     )
+    # A second checkpoint with no monitor keeps the latest epoch. (ModelCheckpoint's own save_last=True
+    # writes last.ckpt only in epochs where the monitored metric improved, so it can lag behind.)
+    latest = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False)
     logger = TensorBoardLogger(save_dir=run_dir, name=cfg.logger.tensorboard.subdir, version="",
                                default_hp_metric=False)
+    write_hparams(cfg, Path(logger.log_dir))
     # tqdm on a terminal only, as in engine=raw (with `rich` installed Lightning would pick its much slower
     # rich progress bar).
     show_progress = progress_bar_enabled(cfg.trainer)
-    callbacks = [checkpoint, timer, stop] + ([TQDMProgressBar()] if show_progress else [])
+    callbacks = [checkpoint, latest, timer, stop] + ([TQDMProgressBar()] if show_progress else [])
     if cfg.callbacks.get("early_stopping"):
         callbacks.append(EarlyStopping(**cfg.callbacks.early_stopping))
     trainer = L.Trainer(**trainer_arguments(cfg, show_progress), logger=logger, callbacks=callbacks,
@@ -169,8 +181,8 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
         raise TrainingStopped.by_signal(stop.signal, trainer.current_epoch, trainer.global_step,
                                         run_dir / "checkpoints", "lightning") from None
     fit_metrics = {k: v.item() for k, v in trainer.callback_metrics.items()}
-    trainer.test(module, datamodule=data, ckpt_path="best" if checkpoint.best_model_path else None,
-                 verbose=False, weights_only=True)
+    trainer.test(module, datamodule=data, ckpt_path=checkpoint.best_model_path or None, verbose=False,
+                 weights_only=True)
     test_metrics = {k: v.item() for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
 
     return {

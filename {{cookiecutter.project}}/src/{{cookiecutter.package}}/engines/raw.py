@@ -10,14 +10,12 @@ This file must not import lightning.
 import contextlib
 import itertools
 import math
-import random
 import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
@@ -31,7 +29,7 @@ from ..checkpoint import load_checkpoint, model_state_dict, save_checkpoint
 from ..data import DataPipeline
 from ..errors import TrainingStopped, UserError
 from ..guards import NonFiniteLossGuard
-from ..launch import build_model, progress_bar_enabled
+from ..launch import build_model, get_rng_state, progress_bar_enabled, set_rng_state, write_hparams
 from ..optim import (
     Schedule,
     build_optimizer,
@@ -103,6 +101,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
     global_step, best_score = progress["global_step"], progress["best_score"]
 
     # purge_step drops events a crashed run logged after this checkpoint, so curves continue cleanly.
+    write_hparams(cfg, run_dir / cfg.logger.tensorboard.subdir)
     writer = SummaryWriter(run_dir / cfg.logger.tensorboard.subdir, purge_step=global_step or None)
     accumulate = trainer.accumulate_grad_batches
     non_finite = NonFiniteLossGuard(device)
@@ -187,9 +186,10 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
             non_finite.check(model)
             if (epoch + 1) % trainer.check_val_every_n_epoch == 0:
                 val_metrics = evaluate(model, val_loader, val_batches, accuracy, device, param_dtype, autocast_dtype)
+                # Logged at the index of the epoch's last optimizer step, where Lightning logs them too.
                 for name, value in val_metrics.items():
-                    writer.add_scalar(f"val/{name}", value, global_step)
-                writer.add_scalar("epoch", epoch, global_step)
+                    writer.add_scalar(f"val/{name}", value, global_step - 1)
+                writer.add_scalar("epoch", epoch, global_step - 1)
                 score = val_metrics[monitor.removeprefix("val/")]
                 if best_score is None or (score > best_score if mode == "max" else score < best_score):
                     best_score = score
@@ -215,6 +215,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
     test_metrics = evaluate(model, test_loader, test_batches, accuracy, device, param_dtype, autocast_dtype)
     for name, value in test_metrics.items():
         writer.add_scalar(f"test/{name}", value, global_step)
+    writer.add_scalar("epoch", epochs_done, global_step)
     writer.close()
 
     return {
@@ -372,24 +373,3 @@ def stop_on_signals():
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-
-
-def get_rng_state() -> dict[str, Any]:
-    """Every random generator the run draws from, as tensors and plain values (safe to load)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": [name, keys.tolist(), pos, has_gauss, cached],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

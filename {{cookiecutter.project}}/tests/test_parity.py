@@ -1,0 +1,150 @@
+"""engine=raw and engine=lightning are the same training written two ways: proven number for number.
+
+CPU, float32, deterministic. Lightning's own parity suite compares only the last loss to 5 decimals on GPU;
+here every logged step, the final weights and the accuracies are compared.
+"""
+
+import contextlib
+import io
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import lightning as L
+import pytest
+import torch
+from conftest import PROJECT_ROOT, compose_train, run_dirs
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from {{ cookiecutter.package }}.checkpoint import load_checkpoint, model_state_dict
+from {{ cookiecutter.package }}.data import DataPipeline
+from {{ cookiecutter.package }}.engines import lightning as lightning_engine
+from {{ cookiecutter.package }}.engines import raw as raw_engine
+from {{ cookiecutter.package }}.launch import build_model, seed_everything
+
+ENGINES = {"raw": raw_engine.fit, "lightning": lightning_engine.fit}
+BASE = ["trainer.max_epochs=2", "trainer.limit_train_batches=6", "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=2", "trainer.log_every_n_steps=1", "trainer.deterministic=true",
+        "trainer.enable_progress_bar=false"]
+
+
+def train(engine, run_dir, overrides, ckpt_path=None):
+    cfg = compose_train([f"engine={engine}", *BASE, *overrides])
+    seed_everything(cfg.seed)  # what launch.train does before either engine
+    with contextlib.redirect_stdout(io.StringIO()):
+        return cfg, ENGINES[engine](cfg, run_dir, ckpt_path)
+
+
+def scalars(run_dir):
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    # Sorted by step: Lightning writes its test metrics to a second events file, read in file-name order.
+    return {tag: sorted((e.step, e.value) for e in events.Scalars(tag)) for tag in events.Tags()["scalars"]}
+
+
+def weights(run_dir, name="last.ckpt"):
+    return model_state_dict(load_checkpoint(run_dir / "checkpoints" / name))
+
+
+CASES = {
+    "sgd-none": ["optimizer=sgd", "scheduler=none"],
+    "sgd-onecycle": ["optimizer=sgd", "scheduler=onecycle"],
+    "adam-none": ["optimizer=adam", "scheduler=none"],
+    "adam-onecycle": ["optimizer=adam", "scheduler=onecycle"],
+    "sgd-cosine-clip-accumulate": ["optimizer=sgd", "scheduler=cosine", "trainer.gradient_clip_val=0.5",
+                                   "trainer.accumulate_grad_batches=4"],
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_engines_agree_step_by_step(tmp_path, case):
+    results = {engine: train(engine, tmp_path / engine, CASES[case])[1] for engine in ENGINES}
+    raw, lit = scalars(tmp_path / "raw"), scalars(tmp_path / "lightning")
+    assert set(raw) == set(lit)
+    for tag in ("train/loss", "lr", "train/grad_norm", "val/loss", "val/acc", "test/acc", "epoch"):
+        assert [step for step, _ in raw[tag]] == [step for step, _ in lit[tag]], tag
+        assert max(abs(a - b) for (_, a), (_, b) in zip(raw[tag], lit[tag], strict=True)) <= 1e-6, tag
+    assert len(raw["train/loss"]) >= 2 * 6 // 4  # two epochs of steps, also with accumulation
+    raw_weights, lit_weights = weights(tmp_path / "raw"), weights(tmp_path / "lightning")
+    assert all(torch.allclose(raw_weights[k], lit_weights[k], atol=1e-6) for k in raw_weights)
+    for key in ("val/acc", "test/acc", "global_step", "epochs"):
+        assert results["raw"][key] == results["lightning"][key], key
+    assert set(results["raw"]) == set(results["lightning"])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_resume_is_exact(tmp_path, engine):
+    """2 epochs, stop, resume to 4 == 4 straight (final weights, bitwise), with dropout and a scheduler."""
+    common = ["model=mlp", "model.dropout=0.3", "scheduler=cosine", "scheduler.T_max=4"]
+    train(engine, tmp_path / "straight", [*common, "trainer.max_epochs=4"])
+    train(engine, tmp_path / "resumed", [*common, "trainer.max_epochs=2"])
+    _, metrics = train(engine, tmp_path / "resumed", [*common, "trainer.max_epochs=4"],
+                       ckpt_path=tmp_path / "resumed" / "checkpoints" / "last.ckpt")
+    assert (metrics["epochs"], metrics["global_step"]) == (4, 24)
+    straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_weights_are_interchangeable(tmp_path):
+    """Each engine's best.ckpt, tested by the other engine, gives the same test accuracy."""
+    results = {engine: train(engine, tmp_path / engine, [])[1] for engine in ENGINES}
+    cfg = compose_train([*BASE])
+    data = DataPipeline(cfg.data, seed=cfg.seed)
+    data.setup()
+    accuracy = raw_engine.MulticlassAccuracy(num_classes=cfg.data.num_classes, average="micro")
+
+    lightning_weights_in_raw = build_model(cfg.model)
+    lightning_weights_in_raw.load_state_dict(weights(tmp_path / "lightning", "best.ckpt"))
+    tested = raw_engine.evaluate(lightning_weights_in_raw, data.test_dataloader(), 2, accuracy,
+                                 torch.device("cpu"), torch.float32, None)
+    assert tested["acc"] == results["lightning"]["test/acc"]
+
+    raw_weights_in_lightning = lightning_engine.Classifier(build_model(cfg.model), cfg)
+    raw_weights_in_lightning.model.load_state_dict(weights(tmp_path / "raw", "best.ckpt"))
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, limit_test_batches=2)
+    [tested] = trainer.test(raw_weights_in_lightning, datamodule=lightning_engine.DataModule(cfg.data, cfg.seed),
+                            verbose=False)
+    assert tested["test/acc"] == results["raw"]["test/acc"]
+
+
+@pytest.mark.slow
+def test_output_layout_is_the_same_in_both_engines(log_dir):
+    layouts, tags, keys = {}, {}, {}
+    for engine in ENGINES:
+        result = subprocess.run([sys.executable, "train.py", f"paths.log_dir={log_dir}", f"engine={engine}", *BASE],
+                                cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        [run_dir] = run_dirs(log_dir, engine)
+        # TensorBoard writes one events file per writer; Lightning opens a second one for trainer.test.
+        layouts[engine] = {re.sub(r"events\.out\.tfevents\..*", "events.out.tfevents.*",
+                                  p.relative_to(run_dir).as_posix()) for p in run_dir.rglob("*") if p.is_file()}
+        tags[engine] = set(scalars(run_dir))
+        keys[engine] = set(json.loads((run_dir / "metrics.json").read_text()))
+    assert layouts["raw"] == layouts["lightning"]
+    assert tags["raw"] == tags["lightning"] and keys["raw"] == keys["lightning"]
+
+
+@pytest.mark.slow
+def test_lightning_sigterm_saves_a_resumable_last_ckpt(log_dir):
+    command = [sys.executable, "train.py", f"paths.log_dir={log_dir}", "engine=lightning", "scheduler=cosine",
+               "trainer.max_epochs=1000", "trainer.enable_progress_bar=false"]
+    run = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(log_dir.glob("train/lightning/*/checkpoints/last.ckpt")):
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+        time.sleep(0.2)
+    run.send_signal(signal.SIGTERM)
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 128 + signal.SIGTERM
+    assert stderr.strip().splitlines()[-1].endswith("Resume with: python train.py engine=lightning ckpt_path=last")
+    [run_dir] = run_dirs(log_dir, "lightning")
+    stopped = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    resumed = subprocess.run([*command[:-2], f"trainer.max_epochs={stopped['epoch'] + 2}", "ckpt_path=last",
+                              "trainer.enable_progress_bar=false"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                             timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert run_dirs(log_dir, "lightning") == [run_dir]
+    assert load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] > stopped["global_step"]
