@@ -1,8 +1,10 @@
 """Each engine trains for real, as `python train.py` runs it, and leaves the documented outputs."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -53,6 +55,10 @@ def test_engine_trains_and_leaves_documented_outputs(engine, log_dir):
     # The best weights load, without unpickling code, into the plain model.
     model = build_model(compose_train().model)
     model.load_state_dict(model_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.ckpt")))
+
+    # Lightning's banners and advice stay off the terminal.
+    for noise in ("Tip:", "GPU available", "TPU available", "LeafSpec", "does not have many workers"):
+        assert noise not in result.stdout + result.stderr, noise
 
     if engine == "raw":
         modules = imported_modules(result.stderr)
@@ -124,3 +130,33 @@ def test_lightning_engine_honours_early_stopping_grad_norm_and_anomaly_mode(tmp_
     events.Reload()
     assert [e.step for e in events.Scalars("train/grad_norm")] == [1, 3, 5]  # engine=raw's cadence
     assert lightning_engine.trainer_arguments(compose_train(["debug=anomaly"]), False)["detect_anomaly"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["raw", "lightning"])
+def test_sigterm_saves_last_ckpt_exits_nonzero_and_resumes_in_the_same_folder(log_dir, engine):
+    command = [sys.executable, "train.py", f"paths.log_dir={log_dir}", f"engine={engine}", "scheduler=cosine",
+               "trainer.enable_progress_bar=false"]
+    run = subprocess.Popen([*command, "trainer.max_epochs=1000"], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(log_dir.glob(f"train/{engine}/*/checkpoints/last.ckpt")):  # training is under way
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+        time.sleep(0.2)
+    run.send_signal(signal.SIGTERM)
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 128 + signal.SIGTERM
+    assert stderr.strip().splitlines()[-1].endswith(f"Resume with: python train.py engine={engine} ckpt_path=last")
+    [run_dir] = run_dirs(log_dir, engine)
+
+    def progress() -> tuple[int, int]:  # (epoch, global step) of last.ckpt, in either engine's layout
+        state = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+        state = state.get("progress", state)
+        return state["epoch"], state["global_step"]
+
+    stopped_epoch, stopped_step = progress()
+    resumed = subprocess.run([*command, f"trainer.max_epochs={stopped_epoch + 2}", "ckpt_path=last"],
+                             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert run_dirs(log_dir, engine) == [run_dir]  # continued in its own folder
+    assert progress()[1] > stopped_step

@@ -1,15 +1,10 @@
 """engine=raw does what the Lightning Trainer does for the same trainer config: one test per claim."""
 
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import PROJECT_ROOT, compose_train, run_dirs
+from conftest import compose_train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from {{ cookiecutter.package }} import checkpoint as checkpoint_module
@@ -203,27 +198,3 @@ def test_compile_keeps_state_dict_keys():
     compiled = build_model(compose_train(["model=mlp", "model.compile=true"]).model)
     assert compiled._compiled_call_impl is not None and plain._compiled_call_impl is None
     assert compiled.state_dict().keys() == plain.state_dict().keys()
-
-
-@pytest.mark.slow
-def test_sigterm_saves_last_ckpt_exits_nonzero_and_resumes_in_the_same_folder(log_dir):
-    command = [sys.executable, "train.py", f"paths.log_dir={log_dir}", "engine=raw", "scheduler=cosine",
-               "trainer.max_epochs=1000", "trainer.enable_progress_bar=false"]
-    run = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not list(log_dir.glob("train/raw/*/checkpoints/last.ckpt")):  # training is under way
-        assert run.poll() is None and time.monotonic() < deadline, run.communicate()
-        time.sleep(0.2)
-    run.send_signal(signal.SIGTERM)
-    _, stderr = run.communicate(timeout=60)
-    assert run.returncode == 128 + signal.SIGTERM
-    assert stderr.strip().splitlines()[-1].endswith("Resume with: python train.py engine=raw ckpt_path=last")
-    [run_dir] = run_dirs(log_dir, "raw")
-    stopped = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["progress"]
-
-    resumed = subprocess.run([*command[:-2], f"trainer.max_epochs={stopped['epoch'] + 1}", "ckpt_path=last",
-                              "trainer.enable_progress_bar=false"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                             timeout=120, env={**os.environ})
-    assert resumed.returncode == 0, resumed.stderr
-    assert run_dirs(log_dir, "raw") == [run_dir]  # continued in its own folder
-    assert load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["progress"]["global_step"] > stopped["global_step"]
