@@ -122,9 +122,9 @@ else:
 # DistributedDataParallel (DDP): one process per GPU, each with its own model copy and its
 # own shard of the data (DistributedSampler); gradients are averaged with an all-reduce
 # during backward. Faster, and it scales to many machines. It needs a launcher such as
-# `torchrun --nproc-per-node=4 train.py`; in this project Lightning does the launching:
-# `python train.py engine=lightning trainer=ddp`. Chapter 9 runs a tiny torch.distributed
-# group on the CPU to show the all-reduce itself.
+# `torchrun --nproc-per-node=4 script.py`, or Lightning's `Trainer(strategy="ddp")`. This
+# project trains on one device today (trainer.devices=1); multi-device configs are on its
+# roadmap. Chapter 9 runs a tiny torch.distributed group on the CPU to show the all-reduce.
 wrapped = nn.DataParallel(nn.Linear(3, 2))
 out = wrapped(torch.randn(4, 3))  # with zero or one GPU it simply calls the module
 assert out.shape == (4, 2)
