@@ -15,18 +15,23 @@ class NonFiniteLossGuard:
     """
 
     def __init__(self, device: torch.device) -> None:
-        self.first_bad = torch.full((3,), -1, dtype=torch.int64, device=device)  # epoch, step, inputs finite
+        # The first bad step's epoch and step (-1: none yet) and whether its inputs were finite.
+        self.epoch = torch.tensor(-1, device=device)
+        self.step = torch.tensor(-1, device=device)
+        self.inputs_finite = torch.tensor(True, device=device)
 
     def record(self, loss: torch.Tensor, inputs: torch.Tensor, epoch: int, step: int) -> None:
-        here = torch.stack([torch.tensor(epoch, device=loss.device), torch.tensor(step, device=loss.device),
-                            torch.isfinite(inputs).all().long()])
-        first_time = (self.first_bad[0] < 0) & ~torch.isfinite(loss.detach())
-        self.first_bad = torch.where(first_time, here, self.first_bad)
+        """Device-side only: no host sync and no host-to-device copy in the training loop."""
+        first_time = (self.step < 0) & ~torch.isfinite(loss.detach())
+        self.epoch = torch.where(first_time, epoch, self.epoch)
+        self.step = torch.where(first_time, step, self.step)
+        self.inputs_finite = torch.where(first_time, torch.isfinite(inputs).all(), self.inputs_finite)
 
     def check(self, model: nn.Module) -> None:
-        epoch, step, inputs_finite = self.first_bad.tolist()
-        if epoch < 0:
+        step = self.step.item()
+        if step < 0:
             return
+        epoch, inputs_finite = self.epoch.item(), self.inputs_finite.item()
         params_finite = all(torch.isfinite(p).all() for p in model.parameters())
         cause = ("the inputs of that batch were not finite: check the data" if not inputs_finite else
                  "the inputs were finite; the parameters are now " + ("finite" if params_finite else "not finite")
