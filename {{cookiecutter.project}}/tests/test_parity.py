@@ -21,6 +21,7 @@ from {{ cookiecutter.package }}.checkpoint import load_checkpoint, model_state_d
 from {{ cookiecutter.package }}.data import DataPipeline
 from {{ cookiecutter.package }}.engines import lightning as lightning_engine
 from {{ cookiecutter.package }}.engines import raw as raw_engine
+from {{ cookiecutter.package }}.errors import UserError
 from {{ cookiecutter.package }}.launch import build_model, seed_everything
 
 ENGINES = {"raw": raw_engine.fit, "lightning": lightning_engine.fit}
@@ -123,3 +124,15 @@ def test_output_layout_is_the_same_in_both_engines(log_dir):
         keys[engine] = set(json.loads((run_dir / "metrics.json").read_text()))
     assert layouts["raw"] == layouts["lightning"]
     assert tags["raw"] == tags["lightning"] and keys["raw"] == keys["lightning"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_non_finite_loss_stops_both_engines_with_the_same_message(tmp_path, monkeypatch, engine):
+    from {{ cookiecutter.package }} import data as data_module
+
+    real = data_module.load_digits_tensors
+    monkeypatch.setattr(data_module, "load_digits_tensors",
+                        lambda: (torch.full_like(real()[0], float("nan")), real()[1]))
+    with pytest.raises(UserError, match=r"non-finite at epoch 0, step 0: the inputs of that batch were not finite"):
+        train(engine, tmp_path, [])
+    assert not (tmp_path / "checkpoints" / "last.ckpt").exists()  # nothing broken was saved
