@@ -91,6 +91,8 @@ def test_limit_batches_refuses_bad_values(bad):
 
 
 def test_bad_values_are_named():
+    with pytest.raises(UserError, match="16-mixed needs a CUDA GPU"):  # Lightning would switch to bf16 quietly
+        check_config(compose_train(["engine=lightning", "trainer=cpu", "trainer.precision=16-mixed"]))
     with pytest.raises(UserError, match="trainer.accelerator='tpu'"):
         check_config(compose_train(["trainer.accelerator=tpu"]))
     with pytest.raises(UserError, match="monitor='train/loss'"):

@@ -39,9 +39,19 @@ def check_accelerator(trainer: DictConfig) -> None:
     if accelerator == "mps" and not torch.backends.mps.is_available():
         raise UserError("trainer.accelerator=mps needs an Apple-silicon GPU, but torch.backends.mps.is_available() "
                         "is False on this machine. Train on the CPU with trainer=cpu")
+    on_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    check_precision(str(trainer.precision), "cuda" if on_cuda else "not cuda")
     if trainer.devices not in (1, "1", [0]) and trainer.devices != "auto":
         raise UserError(f"trainer.devices={trainer.devices} asks for several devices: this project trains on one "
                         "device (devices=1); distributed training (trainer=ddp) is not part of it yet")
+
+
+def check_precision(precision: str, device_type: str) -> None:
+    """16-mixed (float16 with loss scaling) is a CUDA feature. Lightning would quietly switch to bf16-mixed on
+    CPU; both engines refuse instead, so the run is the one that was asked for."""
+    if precision == "16-mixed" and device_type != "cuda":
+        raise UserError("trainer.precision=16-mixed needs a CUDA GPU (float16 loss scaling); on this device use "
+                        "trainer.precision=bf16-mixed or 32-true")
 
 
 def check_config(cfg: DictConfig) -> None:

@@ -29,7 +29,14 @@ from ..checkpoint import load_checkpoint, model_state_dict, save_checkpoint
 from ..data import DataPipeline
 from ..errors import TrainingStopped, UserError
 from ..guards import NonFiniteLossGuard
-from ..launch import build_model, get_rng_state, progress_bar_enabled, set_rng_state, write_hparams
+from ..launch import (
+    build_model,
+    check_precision,
+    get_rng_state,
+    progress_bar_enabled,
+    set_rng_state,
+    write_hparams,
+)
 from ..optim import (
     Schedule,
     build_optimizer,
@@ -272,9 +279,7 @@ def parse_precision(precision: str, device: torch.device) -> tuple[torch.dtype, 
     if precision not in PRECISIONS:
         raise UserError(f"trainer.precision={precision!r} is not implemented by engine=raw: use one of "
                         f"{', '.join(PRECISIONS)}")
-    if precision == "16-mixed" and device.type != "cuda":
-        raise UserError(f"trainer.precision=16-mixed needs a CUDA GPU (float16 loss scaling); on {device.type} "
-                        "use trainer.precision=bf16-mixed or 32-true")
+    check_precision(precision, device.type)
     if precision == "64-true" and device.type == "mps":
         raise UserError("trainer.precision=64-true is not supported on mps: use 32-true")
     return {
