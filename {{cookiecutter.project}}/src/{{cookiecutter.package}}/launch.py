@@ -133,10 +133,13 @@ def train(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict[
     else:
         from .engines.lightning import fit
     results = fit(cfg, run_dir, checkpoint)
+    train_started_at = results.pop("train_started_at")
     metrics = {
         "engine": cfg.engine.name,
         "seed": cfg.seed,
         **results,
+        # From the process start (imports, config, data, model) to the first training step.
+        "startup_s": round(train_started_at - started, 3) if train_started_at is not None else None,
         "wall_time_s": round(time.perf_counter() - started, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,

@@ -111,6 +111,10 @@ class EpochTimer(L.Callback):
     def __init__(self) -> None:
         self.times: list[float] = []
         self.started: float | None = None  # None: a run resumed mid-epoch skips that epoch's start hook
+        self.train_started_at: float | None = None
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.train_started_at = time.perf_counter()  # start-up ends here (metrics.json: startup_s)
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.started = time.perf_counter()
@@ -195,6 +199,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
         "monitor": checkpoint.monitor,
         **test_metrics,
         "epoch_times_s": [round(t, 4) for t in timer.times],
+        "train_started_at": timer.train_started_at,
     }
 
 

@@ -136,6 +136,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
         }
         save_checkpoint(state, checkpoint_dir / "last.ckpt")
 
+    train_started_at = time.perf_counter()  # start-up ends here (metrics.json: startup_s)
     with stop_on_signals() as stop_requested:
         for epoch in range(progress["epoch"], trainer.max_epochs):
             if early_stopping.should_stop or 0 <= trainer.max_steps <= global_step:
@@ -235,6 +236,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
         "monitor": monitor,
         **{f"test/{k}": v for k, v in test_metrics.items()},
         "epoch_times_s": [round(t, 4) for t in epoch_times],
+        "train_started_at": train_started_at,
     }
 
 
