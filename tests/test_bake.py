@@ -29,13 +29,19 @@ EXPECTED_FILES = TOUR_FILES | {
     *(f"configs/model/{name}.yaml" for name in ("mlp", "cnn")),
     *(f"configs/optimizer/{name}.yaml" for name in ("sgd", "adam", "adamw", "rmsprop")),
     *(f"configs/scheduler/{name}.yaml" for name in ("none", "step", "cosine", "onecycle", "plateau")),
-    *(f"configs/trainer/{name}.yaml" for name in ("default", "cpu", "gpu", "mps")),
+    *(f"configs/trainer/{name}.yaml" for name in ("default", "cpu", "gpu", "mps", "ddp", "ddp_cpu")),
+    "configs/hydra/launcher/slurm.yaml", "slurm/train.sbatch", "src/pytorch_intro/distributed.py",
+    "tests/test_ddp.py",
     *(f"src/pytorch_intro/{name}.py" for name in ("__init__", "checkpoint", "data", "doctor", "errors", "guards",
                                                    "launch", "models", "optim", "rundir")),
     "src/pytorch_intro/engines/__init__.py", "src/pytorch_intro/engines/raw.py",
     "src/pytorch_intro/engines/lightning.py",
     "tests/conftest.py", "tests/test_configs.py", "tests/test_data.py", "tests/test_engines.py",
     "tests/test_raw_engine.py", "tests/test_doctor.py", "tests/test_parity.py",
+    "tests/test_comparison_doc.py", "tests/test_tensorboard_browser.py",
+    "src/pytorch_intro/summaries.py", "tests/test_tensorboard.py",
+    "compare.py", "configs/compare.yaml", "src/pytorch_intro/comparison.py", "tests/test_compare.py",
+    "benchmarks/engine_overhead.py", "tests/test_benchmark.py",
 }
 # Every value but the default (the first), for every choice variable; booleans flipped.
 OPTION_VALUES = [(key, value) for key, values in CONTEXT.items() if isinstance(values, list) and not key.startswith("_") for value in values[1:]]

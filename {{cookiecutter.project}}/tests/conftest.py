@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -30,9 +31,12 @@ def compose_train(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
 
 def run_train(log_dir: Path, *overrides: str, python_flags: tuple[str, ...] = (),
               timeout: float = 300) -> subprocess.CompletedProcess:
-    """`python train.py overrides...` as a user runs it, with outputs under `log_dir`."""
+    """`python train.py overrides...` as a user runs it, with outputs under `log_dir`. Options such as `-m`
+    go before the overrides."""
+    options = [arg for arg in overrides if arg.startswith("-")]
+    overrides = tuple(arg for arg in overrides if not arg.startswith("-"))
     return subprocess.run(
-        [sys.executable, *python_flags, "train.py", f"paths.log_dir={log_dir}", *overrides],
+        [sys.executable, *python_flags, "train.py", *options, f"paths.log_dir={log_dir}", *overrides],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout,
     )
 
@@ -44,3 +48,21 @@ def run_dirs(log_dir: Path, engine: str) -> list[Path]:
 @pytest.fixture
 def log_dir(tmp_path: Path) -> Path:
     return tmp_path / "logs"
+
+
+@pytest.fixture(scope="session")
+def short_runs(tmp_path_factory) -> tuple[Path, dict[str, subprocess.CompletedProcess]]:
+    """One SHORT_RUN of each engine, side by side, shared by the tests that only read a run's outputs
+    (test_engines, test_tensorboard, test_tensorboard_browser): (log folder, {engine: finished process}).
+    Histograms every epoch so that both epochs have them; engine=raw under `-X importtime`, which lists the
+    modules it imported (lightning must not be among them)."""
+    log_dir = tmp_path_factory.mktemp("short_runs") / "logs"
+
+    def run(engine: str) -> subprocess.CompletedProcess:
+        flags = ("-X", "importtime") if engine == "raw" else ()
+        return run_train(log_dir, f"engine={engine}", *SHORT_RUN, "logger.tensorboard.histogram_every_n_epochs=1",
+                         python_flags=flags)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = dict(zip(("raw", "lightning"), pool.map(run, ("raw", "lightning")), strict=True))
+    return log_dir, results

@@ -22,8 +22,22 @@ GROUP_OPTIONS = sorted(
 
 def test_every_config_file_is_covered():
     on_disk = {p.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.rglob("*.yaml")}
-    covered = {f"{group}/{option}.yaml" for group, option in GROUP_OPTIONS} | {"train.yaml"}
-    assert on_disk == covered
+    # compare.yaml: tests/test_compare.py
+    covered = {f"{group}/{option}.yaml" for group, option in GROUP_OPTIONS} | {"train.yaml", "compare.yaml"}
+    assert on_disk == covered | {"hydra/launcher/slurm.yaml"}  # tested below (it needs a Hydra plugin)
+
+
+def test_the_slurm_launcher_config_takes_its_sizes_from_the_trainer():
+    """hydra/launcher=slurm extends hydra-submitit-launcher's submitit_slurm (not installed here): one SLURM
+    task per device, on trainer.num_nodes nodes."""
+    launcher = OmegaConf.load(CONFIG_DIR / "hydra" / "launcher" / "slurm.yaml")
+    assert list(launcher.defaults) == ["submitit_slurm"]
+    settings = {key: value for key, value in OmegaConf.to_container(launcher).items()  # not resolved yet
+                if key not in ("defaults", "submitit_folder")}
+    cfg = compose_train(["trainer=ddp", "trainer.devices=4", "trainer.num_nodes=3"])
+    OmegaConf.set_struct(cfg, False)  # compose() returns a struct config: no new keys without this
+    cfg = OmegaConf.merge(cfg, {"launcher": settings})
+    assert (cfg.launcher.nodes, cfg.launcher.tasks_per_node, cfg.launcher.gpus_per_node) == (3, 4, 4)
 
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
@@ -31,10 +45,11 @@ def test_config_composes_and_resolves(group, option):
     cfg = compose_train([f"{group}={option}"] if group not in ("hydra",) else [])
     resolved = OmegaConf.to_container(cfg, resolve=True)  # every interpolation has a value
     assert resolved["seed"] == 42
-    if group == "trainer" and option in ("gpu", "mps"):
-        available = torch.cuda.is_available() if option == "gpu" else torch.backends.mps.is_available()
+    if group == "trainer" and option in ("gpu", "mps", "ddp"):
+        available = {"gpu": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(),
+                     "ddp": torch.cuda.device_count() >= cfg.trainer.devices}[option]
         if not available:
-            with pytest.raises(UserError, match="trainer=cpu"):
+            with pytest.raises(UserError, match="trainer=(ddp_)?cpu"):
                 check_config(cfg)
             return
     check_config(cfg)

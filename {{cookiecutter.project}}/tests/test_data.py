@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import compose_train
 
-from {{ cookiecutter.package }}.data import DataPipeline, EpochSeededSampler
+from {{ cookiecutter.package }}.data import DataPipeline
 from {{ cookiecutter.package }}.errors import UserError
 
 
@@ -25,16 +25,34 @@ def test_digits_split_is_deterministic_from_the_seed():
     assert [len(part) for part in first] == [1257, 270, 270]
 
 
+def epoch_order(seed: int, epoch: int) -> list[int]:
+    data = DataPipeline(compose_train(["data=digits"]).data, seed=seed)
+    data.setup()
+    loader = data.train_dataloader()
+    loader.sampler.set_epoch(epoch)
+    return list(loader.sampler)
+
+
 def test_epoch_order_depends_on_seed_and_epoch_only():
-    sampler = EpochSeededSampler(100, seed=3)
-    sampler.set_epoch(0)
-    epoch0 = list(sampler)
-    sampler.set_epoch(1)
-    epoch1 = list(sampler)
-    again = EpochSeededSampler(100, seed=3)
-    again.set_epoch(1)
-    assert epoch0 != epoch1 and list(again) == epoch1
-    assert sorted(epoch1) == list(range(100))
+    epoch0, epoch1 = epoch_order(3, 0), epoch_order(3, 1)
+    assert epoch0 != epoch1 and epoch_order(3, 1) == epoch1 and epoch_order(4, 1) != epoch1
+    assert sorted(epoch1) == list(range(1257))  # every training sample once
+
+
+def test_ranks_read_disjoint_shares_of_the_same_order():
+    """Under DDP each rank takes every world_size-th sample of the epoch's order (DistributedSampler)."""
+    from torch.utils.data import DistributedSampler
+
+    data = DataPipeline(compose_train(["data=digits"]).data, seed=3)
+    data.setup()
+    shares = []
+    for rank in (0, 1):
+        sampler = DistributedSampler(data.train_set, num_replicas=2, rank=rank, shuffle=True, seed=3)
+        sampler.set_epoch(1)
+        shares.append(list(sampler))
+    whole = epoch_order(3, 1)
+    assert shares[0] == whole[0::2] and shares[1] == (whole + whole[:1])[1::2]  # padded to equal shares
+    assert len(shares[0]) == len(shares[1]) == 629
 
 
 def write_idx(path, array: torch.Tensor) -> None:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 import torch
-from conftest import PROJECT_ROOT, SHORT_RUN, compose_train, run_dirs, run_train
+from conftest import PROJECT_ROOT, compose_train, run_dirs
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from {{ cookiecutter.package }}.checkpoint import load_checkpoint, model_state_dict
@@ -19,8 +19,9 @@ from {{ cookiecutter.package }}.launch import build_model
 # Documented in README.md ("Outputs"): the same in both engines.
 TAGS = {"train/loss", "val/loss", "val/acc", "test/acc", "test/loss", "lr"}
 METRICS_KEYS = {
-    "engine", "seed", "device", "epochs", "global_step", "train/loss", "val/loss", "val/acc", "best_score",
-    "monitor", "test/loss", "test/acc", "epoch_times_s", "wall_time_s", "peak_rss_mb", "peak_cuda_mb", "run_dir",
+    "engine", "seed", "processes", "device", "epochs", "global_step", "train/loss", "val/loss", "val/acc",
+    "best_score", "monitor", "test/loss", "test/acc", "epoch_times_s", "startup_s", "wall_time_s", "peak_rss_mb",
+    "peak_cuda_mb", "run_dir",
 }
 
 
@@ -32,9 +33,9 @@ def imported_modules(importtime_stderr: str) -> set[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["raw", "lightning"])
-def test_engine_trains_and_leaves_documented_outputs(engine, log_dir):
-    flags = ("-X", "importtime") if engine == "raw" else ()
-    result = run_train(log_dir, f"engine={engine}", *SHORT_RUN, python_flags=flags)
+def test_engine_trains_and_leaves_documented_outputs(engine, short_runs):
+    log_dir, results = short_runs
+    result = results[engine]
     assert result.returncode == 0, result.stdout + result.stderr
     [run_dir] = run_dirs(log_dir, engine)
     assert (run_dir / ".hydra" / "config.yaml").is_file()

@@ -31,7 +31,8 @@ BASE = ["trainer.max_epochs=2", "trainer.limit_train_batches=6", "trainer.limit_
 
 
 def train(engine, run_dir, overrides, ckpt_path=None):
-    cfg = compose_train([f"engine={engine}", *BASE, *overrides])
+    keys = {override.split("=")[0] for override in overrides}
+    cfg = compose_train([f"engine={engine}", *(o for o in BASE if o.split("=")[0] not in keys), *overrides])
     seed_everything(cfg.seed)  # what launch.train does before either engine
     with contextlib.redirect_stdout(io.StringIO()):
         return cfg, ENGINES[engine](cfg, run_dir, ckpt_path)
@@ -55,6 +56,9 @@ CASES = {
     "adam-onecycle": ["optimizer=adam", "scheduler=onecycle"],
     "sgd-cosine-clip-accumulate": ["optimizer=sgd", "scheduler=cosine", "trainer.gradient_clip_val=0.5",
                                    "trainer.accumulate_grad_batches=4"],
+    # Logged every third step, stopped by max_steps in the middle of the second epoch.
+    "adam-log-every-3-max-steps": ["optimizer=adam", "scheduler=none", "trainer.log_every_n_steps=3",
+                                   "trainer.max_steps=10"],
 }
 
 

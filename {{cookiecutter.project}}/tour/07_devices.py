@@ -123,8 +123,10 @@ else:
 # own shard of the data (DistributedSampler); gradients are averaged with an all-reduce
 # during backward. Faster, and it scales to many machines. It needs a launcher such as
 # `torchrun --nproc-per-node=4 script.py`, or Lightning's `Trainer(strategy="ddp")`. This
-# project trains on one device today (trainer.devices=1); multi-device configs are on its
-# roadmap. Chapter 9 runs a tiny torch.distributed group on the CPU to show the all-reduce.
+# project does both: `python train.py engine=raw trainer=ddp_cpu` (two CPU processes) or
+# `trainer=ddp` (GPUs), with the same numbers in both engines (README: Distributed training;
+# the raw loop's DDP lines are in engines/raw.py, the launcher in distributed.py).
+# Chapter 9 runs a tiny torch.distributed group on the CPU to show the all-reduce.
 wrapped = nn.DataParallel(nn.Linear(3, 2))
 out = wrapped(torch.randn(4, 3))  # with zero or one GPU it simply calls the module
 assert out.shape == (4, 2)

@@ -4,11 +4,10 @@ engine=raw calls `prepare_data()`, `setup()` and the `*_dataloader()` methods it
 wraps this same class in a LightningDataModule and lets the Trainer call them.
 """
 
-from collections.abc import Iterator
-
 import torch
+import torch.distributed as dist
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset, random_split
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset, random_split
 
 from .errors import UserError
 
@@ -19,28 +18,6 @@ TORCHVISION = {
     "cifar10": ("CIFAR10", "cifar-10-batches-py", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
 }
 DATASETS = ("digits", *TORCHVISION)
-
-
-class EpochSeededSampler(Sampler[int]):
-    """Shuffle with a generator seeded by (seed, epoch).
-
-    The order of an epoch depends on nothing but the seed and the epoch number, so both engines see the
-    same batches, and a resumed run replays the exact order without saving any sampler state.
-    Lightning calls `set_epoch` by itself; the raw engine calls it at the top of every epoch.
-    """
-
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
-
-    def __len__(self) -> int:
-        return self.size
 
 
 def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,17 +66,24 @@ class DataPipeline:
             self.test_set = self._torchvision(train=False, download=False)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, sampler=EpochSeededSampler(len(self.train_set), self.seed))
+        return self._loader(self.train_set, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set)
+        return self._loader(self.val_set, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set)
+        return self._loader(self.test_set, shuffle=False)
 
-    def _loader(self, dataset: Dataset | None, sampler: Sampler | None = None) -> DataLoader:
+    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("call setup() before asking for a data loader")
+        # DistributedSampler shuffles with a generator seeded by seed + epoch (set_epoch, which Lightning
+        # calls by itself and engine=raw at the top of each epoch): the order depends on nothing else, so
+        # both engines see the same batches and a resumed run replays the exact order. Under DDP each rank
+        # reads every world_size-th sample of that order (padded to equal shares); in one process, all.
+        ranks, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
+        sampler = DistributedSampler(dataset, num_replicas=ranks, rank=rank, shuffle=shuffle, seed=self.seed) \
+            if shuffle or ranks > 1 else None
         workers = self.cfg.num_workers
         return DataLoader(
             dataset,

@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from .distributed import check_distributed, is_ddp, launch_workers, launched_world, process_group
 from .errors import UserError
 from .rundir import find_checkpoint
 
@@ -41,9 +42,7 @@ def check_accelerator(trainer: DictConfig) -> None:
                         "is False on this machine. Train on the CPU with trainer=cpu")
     on_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     check_precision(str(trainer.precision), "cuda" if on_cuda else "not cuda")
-    if trainer.devices not in (1, "1", [0]) and trainer.devices != "auto":
-        raise UserError(f"trainer.devices={trainer.devices} asks for several devices: this project trains on one "
-                        "device (devices=1); distributed training (trainer=ddp) is not part of it yet")
+    check_distributed(trainer)
 
 
 def check_precision(precision: str, device_type: str) -> None:
@@ -121,27 +120,39 @@ def train(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict[
 
     `run_dir` is the run's folder (logs/train/<engine>/<run>); with `ckpt_path` set it is the folder of the
     run being resumed (configs/hydra/default.yaml), and `ckpt_path=last` looks for the newest run beside it.
+    With trainer.strategy=ddp and no launcher around this process, it starts the workers and waits for them
+    (distributed.py); each worker comes back here and trains.
     """
     started = time.perf_counter() if started is None else started
     check_config(cfg)
     checkpoint = find_checkpoint(cfg.ckpt_path, run_dir.parent)
     if checkpoint is not None and cfg.ckpt_path == "last":
         print(f"ckpt_path=last: resuming the newest {cfg.engine.name} run, {checkpoint}", flush=True)
-    seed_everything(cfg.seed)
-    if cfg.engine.name == "raw":
-        from .engines.raw import fit
-    else:
-        from .engines.lightning import fit
-    results = fit(cfg, run_dir, checkpoint)
+    if is_ddp(cfg.trainer) and launched_world() is None:
+        if checkpoint is not None:  # the workers resume the very file found here
+            cfg = OmegaConf.merge(cfg, {"ckpt_path": str(checkpoint)})
+        launch_workers(cfg, run_dir)
+        return json.loads((run_dir / "metrics.json").read_text())
+
+    with process_group(cfg, run_dir) as world:
+        seed_everything(cfg.seed)
+        if cfg.engine.name == "raw":
+            from .engines.raw import fit
+        else:
+            from .engines.lightning import fit
+        results = fit(cfg, run_dir, checkpoint)
+    if not world.is_main:
+        return results
     train_started_at = results.pop("train_started_at")
     metrics = {
         "engine": cfg.engine.name,
         "seed": cfg.seed,
+        "processes": world.size,
         **results,
         # From the process start (imports, config, data, model) to the first training step.
         "startup_s": round(train_started_at - started, 3) if train_started_at is not None else None,
         "wall_time_s": round(time.perf_counter() - started, 3),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),  # of this process (rank 0)
         "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
         "run_dir": str(run_dir),
     }

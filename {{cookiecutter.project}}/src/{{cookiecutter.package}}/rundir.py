@@ -6,6 +6,7 @@ the folder that holds the checkpoint, with its TensorBoard run, instead of start
 Kept free of torch so that `python train.py --help` stays fast.
 """
 
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -41,7 +42,35 @@ def run_dir(ckpt_path: str | None, engine_dir: str) -> str:
         checkpoint = None  # launch.train reports the problem as one line, after Hydra has started
     if checkpoint is not None and checkpoint.parent.name == "checkpoints":
         return str(checkpoint.parent.parent)
-    return f"{engine_dir}/{datetime.now().strftime(RUN_NAME_FORMAT)}"
+    return f"{engine_dir}/{(launcher_start_time() or datetime.now()).strftime(RUN_NAME_FORMAT)}"
+
+
+def started_by_launcher() -> str | None:
+    """'torchelastic' (torchrun, or train.py's own launch of workers) or 'slurm' (srun with several tasks)
+    when a launcher started this process as one worker of several, from its environment variables; else None."""
+    if all(name in os.environ for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")):
+        return "torchelastic"
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and os.environ.get("SLURM_JOB_NAME") not in ("bash",
+                                                                                                 "interactive"):
+        return "slurm"
+    return None
+
+
+def launcher_start_time() -> datetime | None:
+    """Under torchrun or srun every worker runs train.py and composes hydra.run.dir itself: name the run
+    after the start of the process that launched them all (their parent), so that they agree on one folder.
+    None when not launched that way, or where /proc is missing (not Linux: each worker gets its own folder).
+    """
+    if started_by_launcher() is None:
+        return None
+    try:
+        stat = Path(f"/proc/{os.getppid()}/stat").read_text()
+        start_ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22: starttime, in clock ticks after boot
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return datetime.fromtimestamp(boot + start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def register_resolvers() -> None:

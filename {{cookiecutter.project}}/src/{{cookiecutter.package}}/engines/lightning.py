@@ -18,11 +18,13 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from .. import summaries
 from ..data import DataPipeline
+from ..distributed import current_world, fail_if_asked
 from ..errors import TrainingStopped
 from ..guards import NonFiniteLossGuard
 from ..launch import build_model, get_rng_state, progress_bar_enabled, set_rng_state, write_hparams
@@ -43,18 +45,25 @@ class Classifier(L.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes=cfg.data.num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=cfg.data.num_classes, average="micro")
         self.non_finite: NonFiniteLossGuard | None = None
+        self.debug = OmegaConf.to_container(cfg.debug)  # read at every step: a dict lookup, not OmegaConf's
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.model(inputs)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        fail_if_asked(self.debug, self.global_step)  # +debug.fail_rank=R +debug.fail_step=S: a crashed rank
         inputs, targets = batch
         loss = F.cross_entropy(self.model(inputs), targets)
         if self.non_finite is None:
             self.non_finite = NonFiniteLossGuard(self.device)
         self.non_finite.record(loss, inputs, self.current_epoch, self.global_step)
-        self.log("train/loss", loss)
-        self.log("lr", self.optimizers().param_groups[0]["lr"])
+        # self.log costs about a millisecond per call on a CPU, more than the rest of what Lightning adds to a
+        # small model's step: call it where the value is used, at the steps the logger writes and at the last
+        # step of an epoch or of the run (the final train/loss in metrics.json).
+        step = self.global_step + 1
+        if step % self.trainer.log_every_n_steps == 0 or self.trainer.is_last_batch or step == self.trainer.max_steps:
+            self.log("train/loss", loss)
+            self.log("lr", self.optimizers().param_groups[0]["lr"])
         return loss
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -84,16 +93,19 @@ class Classifier(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val", self.val_acc)
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test", self.test_acc)
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._evaluate(batch, "test", self.test_acc)  # the logits, for TensorBoardSummaries
 
-    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, accuracy: MulticlassAccuracy) -> None:
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str,
+                  accuracy: MulticlassAccuracy) -> torch.Tensor:
         inputs, targets = batch
         logits = self.model(inputs)
-        # Epoch values are means weighted by batch size: the mean over samples, as engine=raw computes.
-        self.log(f"{stage}/loss", F.cross_entropy(logits.float(), targets), batch_size=len(targets))
+        # Epoch values are means weighted by batch size: the mean over samples, as engine=raw computes;
+        # sync_dist adds up the sums of every rank under DDP (the accuracy metric syncs itself).
+        self.log(f"{stage}/loss", F.cross_entropy(logits.float(), targets), batch_size=len(targets), sync_dist=True)
         accuracy.update(logits, targets)
         self.log(f"{stage}/acc", accuracy)
+        return logits
 
     def configure_optimizers(self) -> Any:
         optimizer = build_optimizer(self.cfg.optimizer, self.model.parameters())
@@ -122,6 +134,42 @@ class EpochTimer(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self.started is not None:
             self.times.append(time.perf_counter() - self.started)
+
+
+class TensorBoardSummaries(L.Callback):
+    """TensorBoard beyond the scalars (summaries.py), at the points where engine=raw writes it; rank 0 writes."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg, self.settings = cfg, summaries.Settings.from_config(cfg.logger.tensorboard)
+        self.batch_idx = 0
+        self.mistakes: summaries.Mistakes | None = None
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.is_global_zero and trainer.global_step == 0:  # once per run: a resumed run has them already
+            summaries.add_input_images(trainer.logger.experiment, self.settings, trainer.datamodule.train_set)
+            summaries.add_graph(trainer.logger.experiment, self.settings, module.model, trainer.datamodule.train_set)
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self.batch_idx = batch_idx
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, module: L.LightningModule, optimizer: Any) -> None:
+        # After unscaling, before clipping and zero_grad: the gradients engine=raw records.
+        if trainer.is_global_zero and summaries.histograms_due(self.settings, trainer.current_epoch, self.batch_idx,
+                                                               trainer.accumulate_grad_batches):
+            summaries.add_histograms(trainer.logger.experiment, module.model, trainer.global_step)
+
+    def on_test_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.mistakes = summaries.Mistakes(self.settings, self.cfg.data.num_classes, module.device)
+
+    def on_test_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.mistakes.update(batch[0], outputs, batch[1])  # outputs: test_step's logits
+
+    def on_test_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        writer = trainer.logger.experiment if trainer.is_global_zero else None
+        self.mistakes.write(writer, trainer.global_step)  # on every rank: the confusion matrix syncs under DDP
+        if writer is not None:
+            summaries.add_hparams(writer, self.settings, self.cfg)
 
 
 class SaveOnStop(L.Callback):
@@ -154,6 +202,7 @@ def quiet_lightning() -> None:
 def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[str, Any]:
     """Train with validation every epoch, then test with the best checkpoint. Returns the final metrics."""
     quiet_lightning()
+    summaries_callback = TensorBoardSummaries(cfg)  # checks the TensorBoard switches before any work
     data = DataModule(cfg.data, seed=cfg.seed)
     module = Classifier(build_model(cfg.model), cfg)
     timer = EpochTimer()
@@ -167,11 +216,14 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
     latest = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False)
     logger = TensorBoardLogger(save_dir=run_dir, name=cfg.logger.tensorboard.subdir, version="",
                                default_hp_metric=False)
-    write_hparams(cfg, Path(logger.log_dir))
+    if current_world().is_main:  # under DDP, rank 0 alone writes (the process group exists: distributed.py)
+        write_hparams(cfg, Path(logger.log_dir))
     # tqdm on a terminal only, as in engine=raw (with `rich` installed Lightning would pick its much slower
     # rich progress bar).
     show_progress = progress_bar_enabled(cfg.trainer)
-    callbacks = [checkpoint, latest, timer, stop] + ([TQDMProgressBar()] if show_progress else [])
+    # TensorBoardSummaries before the timer: its one-off images and graph count as start-up, as in engine=raw.
+    callbacks = [checkpoint, latest, summaries_callback, timer, stop] + \
+        ([TQDMProgressBar()] if show_progress else [])
     if cfg.callbacks.get("early_stopping"):
         callbacks.append(EarlyStopping(**cfg.callbacks.early_stopping))
     trainer = L.Trainer(**trainer_arguments(cfg, show_progress), logger=logger, callbacks=callbacks,
@@ -205,4 +257,6 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
 
 def trainer_arguments(cfg: DictConfig, show_progress: bool) -> dict[str, Any]:
     """lightning.Trainer arguments: configs/trainer/*.yaml plus the debug switches."""
-    return {**cfg.trainer, "enable_progress_bar": show_progress, "detect_anomaly": bool(cfg.debug.detect_anomaly)}
+    # The data pipeline gives each rank its DistributedSampler itself, the same one engine=raw uses.
+    return {**cfg.trainer, "enable_progress_bar": show_progress, "detect_anomaly": bool(cfg.debug.detect_anomaly),
+            "use_distributed_sampler": False}

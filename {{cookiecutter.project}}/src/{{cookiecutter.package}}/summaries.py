@@ -1,0 +1,258 @@
+"""TensorBoard artefacts beyond the scalars, written the same way by both engines.
+
+Each function takes a `torch.utils.tensorboard.SummaryWriter` (Lightning's `TensorBoardLogger.experiment`
+is one) and does nothing when its switch in configs/logger/tensorboard.yaml is off, so an engine calls it
+in one line. The tags are the same in both engines:
+
+    inputs/train              IMAGES     a grid of training images, once at the start
+    (graph)                   GRAPHS     the model's graph, traced once at the start
+    weights/<parameter>       HISTOGRAMS every n-th epoch, at its first optimizer step
+    gradients/<parameter>     HISTOGRAMS the gradients of that step, before they are zeroed
+    test/misclassified        IMAGES     test examples the model gets wrong, titled "3 (true 8)"
+    test/confusion_matrix     IMAGES     true class x predicted class counts on the test set
+    (hparams)                 HPARAMS    the run's settings next to test/acc, test/loss and val/acc
+
+Nothing here runs per training step except the histograms, on their epochs. No function draws from the
+global random generators, so logging does not change what the model learns.
+This module must not import lightning.
+"""
+
+import math
+import warnings
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import Dataset
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from .errors import UserError
+
+INPUTS_TAG = "inputs/train"
+MISCLASSIFIED_TAG = "test/misclassified"
+CONFUSION_MATRIX_TAG = "test/confusion_matrix"
+# The metric columns of the HPARAMS tab: TensorBoard reads their values from the run's scalars of these tags.
+HPARAM_METRICS = ("test/acc", "test/loss", "val/acc")
+MIN_IMAGE_PIXELS = 28  # smaller images (8x8 digits) are enlarged, pixel by pixel, to be visible
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The switches of configs/logger/tensorboard.yaml, checked once before the run starts."""
+
+    images: bool = True
+    num_samples: int = 32
+    graph: bool = True
+    histogram_every_n_epochs: int = 5  # 0: no histograms
+    confusion_matrix: bool = True
+    hparams: bool = True
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> "Settings":
+        values = {field.name: cfg.get(field.name, field.default) for field in fields(cls)}
+        for field in fields(cls):
+            if field.type is bool and not isinstance(values[field.name], bool):
+                raise UserError(f"logger.tensorboard.{field.name}={values[field.name]!r} is not valid: use true or "
+                                "false")
+        for name, least in (("num_samples", 1), ("histogram_every_n_epochs", 0)):
+            value = values[name]
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise UserError(f"logger.tensorboard.{name}={value!r} is not valid: use a whole number of at "
+                                f"least {least}")
+        return cls(**values)
+
+
+def first_examples(dataset: Dataset, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `count` (image, label) pairs. The split already shuffled them with the seed: no random draw."""
+    pairs = [dataset[i] for i in range(min(count, len(dataset)))]
+    return torch.stack([image for image, _ in pairs]), torch.tensor([int(label) for _, label in pairs])
+
+
+def viewable(images: torch.Tensor) -> torch.Tensor:
+    """Normalised images back to [0, 1] for display: each channel stretched over the batch's own range
+    (the inverse of the normalisation up to contrast), and small images enlarged."""
+    images = torch.nan_to_num(images.detach().float().cpu(), nan=0.0, posinf=0.0, neginf=0.0)
+    low = images.amin(dim=(0, 2, 3), keepdim=True)
+    high = images.amax(dim=(0, 2, 3), keepdim=True)
+    images = (images - low) / (high - low).clamp_min(1e-8)
+    scale = math.ceil(MIN_IMAGE_PIXELS / min(images.shape[-2:]))
+    return F.interpolate(images, scale_factor=scale, mode="nearest") if scale > 1 else images
+
+
+def add_input_images(writer: SummaryWriter, settings: Settings, dataset: Dataset) -> None:
+    """IMAGES tab: what the model sees, once at the start (step 0)."""
+    if settings.images:
+        images, _ = first_examples(dataset, settings.num_samples)
+        # A white frame around each image: add_images tiles them edge to edge.
+        writer.add_images(INPUTS_TAG, F.pad(viewable(images), (1, 1, 1, 1), value=1.0), 0)
+
+
+def add_graph(writer: SummaryWriter, settings: Settings, model: nn.Module, dataset: Dataset) -> None:
+    """GRAPHS tab: the model's layers and tensor shapes, traced once on a batch of training images.
+
+    The trace runs in eval mode (add_graph switches it), so batch-norm statistics and dropout's random
+    draws are untouched. A compiled model (model.compile=true) cannot be traced: it gets no graph.
+    """
+    if not settings.graph:
+        return
+    if getattr(model, "_compiled_call_impl", None) is not None:  # set by nn.Module.compile()
+        print("tensorboard: no model graph for a compiled model (model.compile=true)", flush=True)
+        return
+    parameter = next(model.parameters())
+    images, _ = first_examples(dataset, settings.num_samples)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", FutureWarning)  # add_graph uses the deprecated torch.jit tracer
+        writer.add_graph(model, images.to(parameter.device, parameter.dtype))
+
+
+def histograms_due(settings: Settings, epoch: int, batch_idx: int, accumulate: int) -> bool:
+    """True at the first optimizer step of epochs 0, n, 2n, ... (n = histogram_every_n_epochs)."""
+    every = settings.histogram_every_n_epochs
+    return every > 0 and epoch % every == 0 and batch_idx < accumulate
+
+
+def add_histograms(writer: SummaryWriter, model: nn.Module, step: int) -> None:
+    """HISTOGRAMS tab: every parameter and its gradient. Call it after backward (and after unscaling under
+    float16), before the optimizer zeroes the gradients."""
+    for name, parameter in model.named_parameters():
+        for kind, values in (("weights", parameter.detach()), ("gradients", parameter.grad)):
+            # A histogram cannot bin NaN or inf: such a step is left out (guards.py stops the run on it).
+            if values is not None and bool(values.isfinite().all()):
+                writer.add_histogram(f"{kind}/{name}", values, step)
+
+
+class Mistakes:
+    """The test set's confusion matrix and its first misclassified examples, gathered batch by batch."""
+
+    def __init__(self, settings: Settings, num_classes: int, device: torch.device) -> None:
+        self.settings = settings
+        # Under DDP, compute() adds up the counts of every rank (so every rank must call it).
+        self.confusion = MulticlassConfusionMatrix(num_classes=num_classes).to(device)
+        self.images: list[torch.Tensor] = []
+        self.predicted: list[torch.Tensor] = []
+        self.true: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def update(self, inputs: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        predicted = logits.argmax(dim=1)
+        if self.settings.confusion_matrix:
+            self.confusion.update(predicted, targets)
+        missing = self.settings.num_samples - sum(len(batch) for batch in self.true)
+        if self.settings.images and missing > 0:
+            wrong = (predicted != targets).nonzero().squeeze(1)[:missing]
+            self.images.append(inputs[wrong].cpu())
+            self.predicted.append(predicted[wrong].cpu())
+            self.true.append(targets[wrong].cpu())
+
+    def write(self, writer: SummaryWriter | None, step: int) -> None:
+        """Compute (on every rank) and write the figures (where `writer` is not None)."""
+        if self.settings.confusion_matrix:
+            matrix = self.confusion.compute().cpu()  # syncs across ranks under DDP
+            if writer is not None:
+                writer.add_image(CONFUSION_MATRIX_TAG, confusion_matrix_figure(matrix), step, dataformats="HWC")
+        if self.settings.images and writer is not None:
+            figure = misclassified_figure(torch.cat(self.images), torch.cat(self.predicted), torch.cat(self.true)) \
+                if self.images else misclassified_figure(torch.empty(0), torch.empty(0), torch.empty(0))
+            writer.add_image(MISCLASSIFIED_TAG, figure, step, dataformats="HWC")
+
+
+def confusion_matrix_figure(matrix: torch.Tensor) -> np.ndarray:
+    """An RGB image (H, W, 3) of the counts: rows are the true classes, columns the predicted ones."""
+    figure, canvas = new_figure(size=(1.0 + 0.45 * len(matrix), 0.8 + 0.45 * len(matrix)))
+    figure.set_layout_engine("constrained")  # room for the axis labels
+    axes = figure.add_subplot()
+    axes.imshow(matrix.numpy(), cmap="Blues")
+    threshold = matrix.max().item() / 2
+    for true, row in enumerate(matrix.tolist()):
+        for predicted, count in enumerate(row):
+            axes.text(predicted, true, str(count), ha="center", va="center", fontsize=8,
+                      color="white" if count > threshold else "black")
+    axes.set(xlabel="predicted class", ylabel="true class", xticks=range(len(matrix)), yticks=range(len(matrix)))
+    return render(canvas)
+
+
+def misclassified_figure(images: torch.Tensor, predicted: torch.Tensor, true: torch.Tensor) -> np.ndarray:
+    """An RGB image (H, W, 3): each wrong example titled with its predicted class, then its true one.
+
+    One picture of all the examples with the titles written on it: a subplot each would take a second.
+    """
+    columns, cell_inches = 8, 1.1
+    if len(images) == 0:
+        figure, canvas = new_figure(size=(columns * cell_inches, cell_inches))
+        figure.text(0.5, 0.5, "no misclassified test examples", ha="center", va="center")
+        return render(canvas)
+    pictures = viewable(images)
+    count, channels, height, width = pictures.shape
+    rows = math.ceil(count / columns)
+    title = math.ceil(0.3 * (width + 2))  # pixels above each picture for its title
+    cell_height, cell_width = title + height + 2, width + 2
+    sheet = torch.ones(channels, rows * cell_height, columns * cell_width)  # white between the pictures
+    for index, picture in enumerate(pictures):
+        top, left = index // columns * cell_height + title + 1, index % columns * cell_width + 1
+        sheet[:, top:top + height, left:left + width] = picture
+    scale = cell_inches / cell_width  # inches per pixel of the sheet
+    figure, canvas = new_figure(size=(sheet.shape[2] * scale, sheet.shape[1] * scale))
+    axes = figure.add_axes((0, 0, 1, 1))
+    axes.imshow(sheet[0].numpy() if channels == 1 else sheet.permute(1, 2, 0).numpy(), cmap="gray", vmin=0, vmax=1,
+                interpolation="nearest", aspect="auto")
+    axes.axis("off")
+    for index, (guess, label) in enumerate(zip(predicted.tolist(), true.tolist(), strict=True)):
+        axes.text(index % columns * cell_width + cell_width / 2, index // columns * cell_height + title / 2 + 0.5,
+                  f"{guess} (true {label})", ha="center", va="center", fontsize=9, color="tab:red")
+    return render(canvas)
+
+
+def new_figure(size: tuple[float, float]) -> tuple[Any, Any]:
+    """A matplotlib figure drawn off-screen by the Agg backend, without pyplot (no window, no global state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # imported here: only needed after the test
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=size, dpi=100)
+    return figure, FigureCanvasAgg(figure)
+
+
+def render(canvas: Any) -> np.ndarray:
+    """The figure's pixels as an RGB array (H, W, 3) for SummaryWriter.add_image(dataformats="HWC")."""
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def hparam_values(cfg: DictConfig) -> dict[str, str | int | float | bool]:
+    """The settings that tell runs apart, as flat scalars (the HPARAMS tab shows one column each)."""
+    values = {
+        "engine": cfg.engine.name,
+        "data": cfg.data.name,
+        "model": str(cfg.model._target_).rsplit(".", 1)[-1],
+        "optimizer": str(cfg.optimizer._target_).rsplit(".", 1)[-1],
+        "optimizer.lr": cfg.optimizer.lr,
+        "optimizer.weight_decay": cfg.optimizer.get("weight_decay"),
+        "scheduler": str(cfg.scheduler._target_).rsplit(".", 1)[-1] if cfg.scheduler._target_ else "none",
+        "data.batch_size": cfg.data.batch_size,
+        "trainer.max_epochs": cfg.trainer.max_epochs,
+        "trainer.precision": str(cfg.trainer.precision),
+        "trainer.accumulate_grad_batches": cfg.trainer.accumulate_grad_batches,
+        "trainer.gradient_clip_val": cfg.trainer.gradient_clip_val,
+        "seed": cfg.seed,
+    }
+    return {name: value for name, value in values.items() if value is not None}  # null: no column
+
+
+def add_hparams(writer: SummaryWriter, settings: Settings, cfg: DictConfig) -> None:
+    """HPARAMS tab: this run's settings next to its final test/acc, test/loss and val/acc.
+
+    Written into the run's own event file, after the test: TensorBoard takes each metric's value from the
+    run's scalar of that tag. (SummaryWriter.add_hparams would open a second run folder instead.)
+    """
+    if not settings.hparams:
+        return
+    file_writer = writer._get_file_writer()  # no public call writes a raw summary; Lightning uses this one too
+    if file_writer is None:  # a writer that writes nothing (ranks > 0 under DDP)
+        return
+    for summary in hparams(hparam_values(cfg), dict.fromkeys(HPARAM_METRICS)):
+        file_writer.add_summary(summary)
