@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from {{ cookiecutter.package }}.rundir import register_resolvers
 
@@ -43,6 +44,21 @@ def run_train(log_dir: Path, *overrides: str, python_flags: tuple[str, ...] = ()
 
 def run_dirs(log_dir: Path, engine: str) -> list[Path]:
     return sorted(p for p in (log_dir / "train" / engine).glob("*") if p.is_dir())
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every TensorBoard scalar of a run, by tag, as (step, value) sorted by step (Lightning writes its test
+    metrics to a second events file, read in file-name order)."""
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return {tag: sorted((e.step, e.value) for e in events.Scalars(tag)) for tag in events.Tags()["scalars"]}
+
+
+def assert_same_curves(raw: dict, lit: dict, tags: tuple[str, ...], tolerance: float = 1e-6) -> None:
+    """The two engines logged each tag at the same steps, with values within `tolerance`."""
+    for tag in tags:
+        assert [step for step, _ in raw[tag]] == [step for step, _ in lit[tag]], tag
+        assert max(abs(a - b) for (_, a), (_, b) in zip(raw[tag], lit[tag], strict=True)) <= tolerance, tag
 
 
 @pytest.fixture

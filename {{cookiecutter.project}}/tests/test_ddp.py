@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PROJECT_ROOT, run_dirs, run_train
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from conftest import PROJECT_ROOT, assert_same_curves, run_dirs, run_train, scalars
 
 from {{ cookiecutter.package }}.checkpoint import load_checkpoint, model_state_dict
 
@@ -26,12 +25,6 @@ DDP_RUN = [
     "trainer.log_every_n_steps=1", "trainer.deterministic=true", "trainer.enable_progress_bar=false",
 ]
 STEPS_PER_EPOCH = 3
-
-
-def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    events = EventAccumulator(str(run_dir / "tensorboard"))
-    events.Reload()
-    return {tag: sorted((e.step, e.value) for e in events.Scalars(tag)) for tag in events.Tags()["scalars"]}
 
 
 def processes_under(path: Path) -> list[str]:
@@ -82,9 +75,7 @@ def test_raw_and_lightning_ddp_agree_step_by_step(multirun):
     log_dir, _ = multirun
     jobs = job_dirs(log_dir)
     raw, lit = scalars(jobs["raw"]), scalars(jobs["lightning"])
-    for tag in ("train/loss", "lr", "train/grad_norm", "val/loss", "val/acc", "test/acc"):
-        assert [step for step, _ in raw[tag]] == [step for step, _ in lit[tag]], tag
-        assert max(abs(a - b) for (_, a), (_, b) in zip(raw[tag], lit[tag], strict=True)) <= 1e-6, tag
+    assert_same_curves(raw, lit, ("train/loss", "lr", "train/grad_norm", "val/loss", "val/acc", "test/acc"))
     assert len(raw["train/loss"]) == 2 * STEPS_PER_EPOCH
     raw_weights = model_state_dict(load_checkpoint(jobs["raw"] / "checkpoints" / "last.ckpt"))
     lit_weights = model_state_dict(load_checkpoint(jobs["lightning"] / "checkpoints" / "last.ckpt"))

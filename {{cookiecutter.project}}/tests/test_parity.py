@@ -14,8 +14,7 @@ import sys
 import lightning as L
 import pytest
 import torch
-from conftest import PROJECT_ROOT, compose_train, run_dirs
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from conftest import PROJECT_ROOT, assert_same_curves, compose_train, run_dirs, scalars
 
 from {{ cookiecutter.package }}.checkpoint import load_checkpoint, model_state_dict
 from {{ cookiecutter.package }}.data import DataPipeline
@@ -36,13 +35,6 @@ def train(engine, run_dir, overrides, ckpt_path=None):
     seed_everything(cfg.seed)  # what launch.train does before either engine
     with contextlib.redirect_stdout(io.StringIO()):
         return cfg, ENGINES[engine](cfg, run_dir, ckpt_path)
-
-
-def scalars(run_dir):
-    events = EventAccumulator(str(run_dir / "tensorboard"))
-    events.Reload()
-    # Sorted by step: Lightning writes its test metrics to a second events file, read in file-name order.
-    return {tag: sorted((e.step, e.value) for e in events.Scalars(tag)) for tag in events.Tags()["scalars"]}
 
 
 def weights(run_dir, name="last.ckpt"):
@@ -67,9 +59,7 @@ def test_engines_agree_step_by_step(tmp_path, case):
     results = {engine: train(engine, tmp_path / engine, CASES[case])[1] for engine in ENGINES}
     raw, lit = scalars(tmp_path / "raw"), scalars(tmp_path / "lightning")
     assert set(raw) == set(lit)
-    for tag in ("train/loss", "lr", "train/grad_norm", "val/loss", "val/acc", "test/acc", "epoch"):
-        assert [step for step, _ in raw[tag]] == [step for step, _ in lit[tag]], tag
-        assert max(abs(a - b) for (_, a), (_, b) in zip(raw[tag], lit[tag], strict=True)) <= 1e-6, tag
+    assert_same_curves(raw, lit, ("train/loss", "lr", "train/grad_norm", "val/loss", "val/acc", "test/acc", "epoch"))
     assert len(raw["train/loss"]) >= 2 * 6 // 4  # two epochs of steps, also with accumulation
     raw_weights, lit_weights = weights(tmp_path / "raw"), weights(tmp_path / "lightning")
     assert all(torch.allclose(raw_weights[k], lit_weights[k], atol=1e-6) for k in raw_weights)

@@ -60,8 +60,7 @@ def launched_world() -> World | None:
 def current_world() -> World:
     """This process's place in the process group (World() when training in one process)."""
     if dist.is_available() and dist.is_initialized():
-        return World(dist.get_rank(), int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0))),
-                     dist.get_world_size())
+        return World(dist.get_rank(), (launched_world() or World()).local_rank, dist.get_world_size())
     return World()
 
 
@@ -189,8 +188,6 @@ def process_group(cfg: DictConfig, run_dir: Path) -> Iterator[World]:
         raise RuntimeError("process_group() runs in workers: launch_workers starts them")
     if world.rank > 0:
         log_to_file(run_dir / f"rank{world.rank}.log")
-    for name, value in (("RANK", world.rank), ("LOCAL_RANK", world.local_rank), ("WORLD_SIZE", world.size)):
-        os.environ.setdefault(name, str(value))  # srun sets SLURM_* only; env:// reads these
     if started_by_launcher() == "slurm":
         set_slurm_main_address()
     for name in ("MASTER_ADDR", "MASTER_PORT"):
