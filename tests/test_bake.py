@@ -15,7 +15,7 @@ TOUR_FILES = {
     "tour/00_why_pytorch.py", "tour/01_tensors.py", "tour/02_autograd.py", "tour/03_nn.py", "tour/04_data.py",
     "tour/05_training_loop.py", "tour/06_saving_loading.py", "tour/07_devices.py", "tour/08_tensorboard.py",
     "tour/09_ecosystem.py", "tour/10_debugging.py", "tour/11_vs_other_frameworks.py", "tour/12_further_learning.py",
-    "tour/outline.md",
+    "tour/outline.md", "tour/README.md",
     "tests/test_tour.py",
 }
 EXPECTED_FILES = TOUR_FILES | {
@@ -32,16 +32,16 @@ EXPECTED_FILES = TOUR_FILES | {
     *(f"configs/trainer/{name}.yaml" for name in ("default", "cpu", "gpu", "mps", "ddp", "ddp_cpu")),
     "configs/hydra/launcher/slurm.yaml", "slurm/train.sbatch", "src/pytorch_intro/distributed.py",
     "tests/test_ddp.py",
-    *(f"src/pytorch_intro/{name}.py" for name in ("__init__", "checkpoint", "data", "doctor", "errors", "guards",
-                                                   "launch", "models", "optim", "rundir")),
+    *(f"src/pytorch_intro/{name}.py" for name in ("__init__", "checkpoint", "console", "data", "doctor", "errors",
+                                                   "guards", "launch", "models", "rundir", "task", "worker")),
     "src/pytorch_intro/engines/__init__.py", "src/pytorch_intro/engines/raw.py",
     "src/pytorch_intro/engines/lightning.py",
     "tests/conftest.py", "tests/test_configs.py", "tests/test_data.py", "tests/test_engines.py",
     "tests/test_raw_engine.py", "tests/test_doctor.py", "tests/test_parity.py",
-    "tests/test_comparison_doc.py", "tests/test_tensorboard_browser.py",
+    "tests/test_comparison_doc.py", "tests/test_tensorboard_browser.py", "tests/test_side_by_side.py",
     "src/pytorch_intro/summaries.py", "tests/test_tensorboard.py",
     "compare.py", "configs/compare.yaml", "src/pytorch_intro/comparison.py", "tests/test_compare.py",
-    "benchmarks/engine_overhead.py", "tests/test_benchmark.py",
+    "benchmarks/engine_overhead.py", "benchmarks/README.md", "tests/test_benchmark.py",
 }
 # Every value but the default (the first), for every choice variable; booleans flipped.
 OPTION_VALUES = [(key, value) for key, values in CONTEXT.items() if isinstance(values, list) and not key.startswith("_") for value in values[1:]]

@@ -244,25 +244,31 @@ def clone(state_dict: dict) -> dict:
 
 
 def bare_loop(cfg, on_epoch_end=None) -> dict:
-    """The minimal loop; times each epoch (training + validation) and the start-up, like the engines."""
+    """The minimal loop; times each epoch (training + validation) and the start-up, like the engines.
+
+    The middle rung of a ladder: tour/05_training_loop.py teaches this loop on toy data; here it runs on this
+    project's data, model, optimizer and schedule (the floor the engines are measured against); engines/raw.py
+    adds everything else lightning.Trainer does, by hand.
+    """
     import torch
     import torch.nn.functional as F
 
-    from {{ cookiecutter.package }} import launch, optim
+    from {{ cookiecutter.package }} import launch, task
     from {{ cookiecutter.package }}.data import DataPipeline
+    from {{ cookiecutter.package }}.models import build_model
 
     trainer = cfg.trainer
-    if trainer.accumulate_grad_batches != 1 or trainer.gradient_clip_val or str(trainer.precision) != "32-true":
-        sys.exit("error: the bare loop implements the default trainer config only (no accumulation, clipping or "
-                 "mixed precision)")
+    if (trainer.accumulate_grad_batches != 1 or trainer.gradient_clip_val or str(trainer.precision) != "32-true"
+            or trainer.limit_train_batches is not None or trainer.max_steps != -1):
+        sys.exit("error: the bare loop implements the default trainer config only (no accumulation, clipping, "
+                 "mixed precision, batch limits or max_steps)")
     launch.seed_everything(cfg.seed)  # as launch.train does: the same initial weights as the engines
     data = DataPipeline(cfg.data, seed=cfg.seed)
     data.prepare_data()
     data.setup("fit")
     train_loader, val_loader = data.train_dataloader(), data.val_dataloader()
-    model = launch.build_model(cfg.model)
-    optimizer = optim.build_optimizer(cfg.optimizer, model.parameters())
-    schedule = optim.build_schedule(cfg.scheduler, optimizer, optim.total_optimizer_steps(len(train_loader), trainer))
+    model = build_model(cfg.model)
+    optimizer, schedule = task.configure_optimizers(cfg, model, total_steps=trainer.max_epochs * len(train_loader))
     if schedule and schedule.interval != "step":
         sys.exit("error: the bare loop steps step-interval schedulers only (the default, onecycle)")
 
@@ -334,7 +340,7 @@ def test_accuracies(cfg, weights: list[dict]) -> list[float]:
     import torch
 
     from {{ cookiecutter.package }}.data import DataPipeline
-    from {{ cookiecutter.package }}.launch import build_model
+    from {{ cookiecutter.package }}.models import build_model
 
     data = DataPipeline(cfg.data, seed=cfg.seed)
     data.setup("test")

@@ -1,6 +1,7 @@
 """compare.py trains both engines with one config and writes a filled-in comparison; it refuses what would make
 the engines differ, and stops with one line naming the engine when a run fails."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from {{ cookiecutter.package }}.errors import UserError
 # The rows of comparison.md for runs on the CPU (a run on a GPU adds its peak CUDA memory).
 ROWS = {
     "final train/loss (last step)", "val/acc (last epoch)", "test/acc (best checkpoint)",
-    "largest train/loss difference between the engines at one step",
+    comparison.LOSS_DIFFERENCE,
     "time per epoch, median, training + validation (s)", "optimizer steps per second (steps / time in epochs)",
     "start-up, process start to first training step (s)", "whole `python train.py` process (s)",
     "peak memory of the process, RSS (MB)",
@@ -38,6 +39,21 @@ def read_table(markdown: str) -> dict[str, list[str]]:
     return {row[0]: row[1:] for row in rows}
 
 
+def pair_value(cell: str) -> float:
+    """The one number of a cell such as '1.00e-01 (at step 1, of 3 steps)'."""
+    return float(cell.split(" ", 1)[0])
+
+
+def fake_run(engine: str, losses: list[tuple[int, float]], epoch_times: list[float] | None = None,
+             **metrics) -> comparison.EngineRun:
+    """An EngineRun as read_run returns it, without training."""
+    epoch_times = [0.5, 0.25, 0.75] if epoch_times is None else epoch_times
+    values = {"device": "cpu", "seed": 42, "global_step": 30, "epoch_times_s": epoch_times, "train/loss": 0.125,
+              "val/acc": 0.9, "test/acc": 0.875, "startup_s": 4.0, "peak_rss_mb": 800.0, "peak_cuda_mb": None,
+              **metrics}
+    return comparison.EngineRun(engine, Path(engine), 10.0, values, {"train/loss": losses})
+
+
 @pytest.mark.slow
 def test_compare_writes_a_filled_table_and_the_curves(log_dir):
     result = run_compare(log_dir, *SHORT_RUN)
@@ -48,14 +64,21 @@ def test_compare_writes_a_filled_table_and_the_curves(log_dir):
         assert (out_dir / engine / "metrics.json").is_file() and (out_dir / engine / ".hydra").is_dir()
         assert (out_dir / f"{engine}.log").is_file()
 
-    table = read_table((out_dir / "comparison.md").read_text())
+    report = (out_dir / "comparison.md").read_text()
+    table = read_table(report)
     assert set(table) == ROWS
     for label, (raw, lightning, versus) in table.items():
         assert versus, label
+        if label == comparison.LOSS_DIFFERENCE:  # one value for the pair, in the last column
+            assert raw == lightning == "", (raw, lightning)
+            continue
         for cell in (raw, lightning):
             float(cell)  # every engine cell is a number: raises ValueError for "n/a" or an empty cell
-    assert float(table["largest train/loss difference between the engines at one step"][0]) < 1e-4
-    assert "6 steps both logged" in table["largest train/loss difference between the engines at one step"][2]
+    assert pair_value(table[comparison.LOSS_DIFFERENCE][2]) < 1e-4
+    assert table[comparison.LOSS_DIFFERENCE][2].endswith("6 steps)")  # every step both engines logged
+    assert "one run of each engine" in report and "`python benchmarks/engine_overhead.py`" in report
+    [link] = re.findall(r"\[benchmarks/README\.md\]\(([^)]+)\)", report)
+    assert (out_dir / link).resolve() == (PROJECT_ROOT / "benchmarks" / "README.md").resolve()
     assert table["test/acc (best checkpoint)"][0] == table["test/acc (best checkpoint)"][1]
     assert int(table[comparison.LINES_OF_CODE][0]) > 20 and int(table[comparison.LINES_OF_CODE][1]) > 20
 
@@ -110,6 +133,33 @@ def test_largest_difference_compares_only_the_steps_both_logged():
     lightning = [(1, 0.5), (2, 0.2), (3, 9.0)]
     difference, step, compared = comparison.largest_difference(raw, lightning)
     assert (step, compared) == (2, 2) and difference == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize(("raw", "lightning", "cell"), [
+    ([(0, 1.0), (1, 0.5)], [(0, 1.0), (1, 0.5)], "0.00e+00 (identical at all 2 steps)"),
+    ([(0, 1.0), (1, 0.5), (2, 0.25)], [(0, 1.0), (1, 0.75), (2, 0.125)], "2.50e-01 (at step 1, of 3 steps)"),
+    ([(0, 1.0)], [(1, 1.0)], "n/a (no step logged by both engines)"),
+])
+def test_the_per_step_row_shows_one_value_for_the_pair(raw, lightning, cell):
+    rows = {label: cells for label, *cells in comparison.table_rows(fake_run("raw", raw),
+                                                                     fake_run("lightning", lightning))}
+    assert rows[comparison.LOSS_DIFFERENCE] == ["", "", cell]
+    assert rows["time per epoch, median, training + validation (s)"] == ["0.500", "0.500", "ratio 1.00"]
+
+
+def test_the_report_says_its_timings_are_one_run_and_links_the_benchmark(tmp_path):
+    out_dir = tmp_path / "logs" / "compare" / "2026-01-01_00-00-00_000000"
+    out_dir.mkdir(parents=True)
+    raw = fake_run("raw", [(0, 1.0), (5, 0.5)])
+    lightning = fake_run("lightning", [(0, 1.0), (5, 0.5)], epoch_times=[1.0, 0.5, 1.5])
+    table = comparison.write_report(raw, lightning, ["seed=1"], out_dir, project_root=tmp_path)
+    report = (out_dir / "comparison.md").read_text()
+    assert table in report and "`python compare.py seed=1`" in report
+    assert read_table(report)[comparison.LOSS_DIFFERENCE] == ["", "", "0.00e+00 (identical at all 2 steps)"]
+    assert "The timings are from one run of each engine" in report
+    assert "`python benchmarks/engine_overhead.py`" in report
+    assert "[benchmarks/README.md](../../../benchmarks/README.md)" in report
+    assert (out_dir / "comparison.png").stat().st_size > 0
 
 
 def test_code_lines_skip_blanks_comments_and_docstrings(tmp_path):

@@ -1,6 +1,7 @@
 """Every config file in configs/ composes, and every model/optimizer/scheduler config takes a real step."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,9 +9,11 @@ import torch.nn.functional as F
 from conftest import CONFIG_DIR, compose_train
 from omegaconf import OmegaConf
 
+from {{ cookiecutter.package }}.engines import raw
 from {{ cookiecutter.package }}.errors import UserError
-from {{ cookiecutter.package }}.launch import build_model, check_config
-from {{ cookiecutter.package }}.optim import build_optimizer, build_schedule, limit_batches, total_optimizer_steps
+from {{ cookiecutter.package }}.launch import check_config
+from {{ cookiecutter.package }}.models import build_model
+from {{ cookiecutter.package }}.task import configure_optimizers
 
 # Groups that train.yaml selects one option from; hydra/ and paths/ have a single file each.
 GROUP_OPTIONS = sorted(
@@ -67,8 +70,7 @@ def test_model_optimizer_scheduler_take_a_step(model, optimizer, scheduler):
     cfg = compose_train([f"model={model}", f"optimizer={optimizer}", f"scheduler={scheduler}"])
     torch.manual_seed(0)
     net = build_model(cfg.model)
-    opt = build_optimizer(cfg.optimizer, net.parameters())
-    schedule = build_schedule(cfg.scheduler, opt, total_steps=10)
+    opt, schedule = configure_optimizers(cfg, net, total_steps=10)
     assert (schedule is None) == (scheduler == "none")
     before = [p.detach().clone() for p in net.parameters()]
     size = cfg.data.image_size
@@ -86,23 +88,30 @@ def test_model_optimizer_scheduler_take_a_step(model, optimizer, scheduler):
 def test_onecycle_total_steps_come_from_the_data():
     cfg = compose_train(["scheduler=onecycle", "trainer.max_epochs=3", "trainer.accumulate_grad_batches=2",
                          "trainer.limit_train_batches=5"])
-    steps = total_optimizer_steps(20, cfg.trainer)
+    steps = raw.estimated_stepping_batches(raw_trainer(cfg, num_batches=20))
     assert steps == 3 * math.ceil(5 / 2)
-    opt = build_optimizer(cfg.optimizer, [torch.nn.Parameter(torch.zeros(1))])
-    assert build_schedule(cfg.scheduler, opt, steps).scheduler.total_steps == steps
+    _, schedule = configure_optimizers(cfg, torch.nn.Linear(1, 1), steps)
+    assert schedule.scheduler.total_steps == steps
     capped = compose_train(["trainer.max_steps=4"])
-    assert total_optimizer_steps(20, capped.trainer) == 4
+    assert raw.estimated_stepping_batches(raw_trainer(capped, num_batches=20)) == 4
+
+
+def raw_trainer(cfg, num_batches: int) -> raw.Trainer:
+    """engine=raw's Trainer state as `fit` sets it up for a train loader of `num_batches`."""
+    trainer = raw.Trainer(cfg, run_dir=Path("unused"))
+    trainer.num_training_batches = raw.limit_batches(num_batches, cfg.trainer.limit_train_batches)
+    return trainer
 
 
 @pytest.mark.parametrize(("limit", "expected"), [(None, 20), (3, 3), (50, 20), (0.5, 10), (1.0, 20)])
 def test_limit_batches_follows_lightning(limit, expected):
-    assert limit_batches(20, limit) == expected
+    assert raw.limit_batches(20, limit) == expected
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, "all"])
 def test_limit_batches_refuses_bad_values(bad):
     with pytest.raises(UserError, match="limit_"):
-        limit_batches(20, bad)
+        raw.limit_batches(20, bad)
 
 
 def test_bad_values_are_named():
@@ -114,4 +123,4 @@ def test_bad_values_are_named():
         check_config(compose_train(["callbacks.model_checkpoint.monitor=train/loss"]))
     with pytest.raises(UserError, match="scheduler.interval='batch'"):
         cfg = compose_train(["scheduler=step", "scheduler.interval=batch"])
-        build_schedule(cfg.scheduler, torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), 10)
+        configure_optimizers(cfg, torch.nn.Linear(1, 1), 10)

@@ -1,6 +1,7 @@
 """Each engine trains for real, as `python train.py` runs it, and leaves the documented outputs."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from {{ cookiecutter.package }}.checkpoint import load_checkpoint, model_state_dict
 from {{ cookiecutter.package }}.engines.raw import fit as raw_fit
 from {{ cookiecutter.package }}.errors import UserError
-from {{ cookiecutter.package }}.launch import build_model
+from {{ cookiecutter.package }}.launch import train
+from {{ cookiecutter.package }}.models import build_model
 
 # Documented in README.md ("Outputs"): the same in both engines.
 TAGS = {"train/loss", "val/loss", "val/acc", "test/acc", "test/loss", "lr"}
@@ -67,6 +69,25 @@ def test_engine_trains_and_leaves_documented_outputs(engine, short_runs):
         assert not {m for m in modules if m.split(".")[0] in ("lightning", "pytorch_lightning")}
 
 
+@pytest.mark.slow
+def test_both_engines_print_the_same_console(short_runs):
+    """One line per epoch with the same fields and values, the same final line, nothing else (no model summary)."""
+    _, results = short_runs
+    number = re.compile(r"-?\d+\.\d+")
+
+    def console(engine: str) -> tuple[list[str], list[float]]:
+        lines = [re.sub(r" run=\S+", "", line).replace(f"engine={engine}", "engine=E")
+                 for line in results[engine].stdout.splitlines()]
+        lines = [re.sub(r"wall=\S+", "wall=W", line) for line in lines]
+        return [number.sub("N", line) for line in lines], [float(x) for line in lines for x in number.findall(line)]
+
+    (raw_lines, raw_values), (lit_lines, lit_values) = console("raw"), console("lightning")
+    assert raw_lines == lit_lines
+    assert raw_lines == [*(f"epoch {epoch}: train/loss N  val/loss N  val/acc N" for epoch in range(2)),
+                         "engine=E test/acc=N wall=W"]
+    assert raw_values == pytest.approx(lit_values, abs=1e-4)
+
+
 def test_help_answers_without_importing_torch():
     result = subprocess.run([sys.executable, "-X", "importtime", "train.py", "--help"], cwd=PROJECT_ROOT,
                             capture_output=True, text=True, timeout=60)
@@ -98,10 +119,13 @@ def test_raw_engine_refuses_a_trainer_key_it_does_not_implement(tmp_path):
     assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
-def test_raw_engine_refuses_16_mixed_off_cuda(tmp_path):
-    cfg = compose_train(["engine=raw", "trainer.precision=16-mixed"])
-    with pytest.raises(UserError, match="16-mixed needs a CUDA GPU"):
-        raw_fit(cfg, tmp_path)
+@pytest.mark.parametrize("engine", ["raw", "lightning"])
+def test_16_mixed_off_cuda_is_refused_before_any_work(tmp_path, engine):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    with pytest.raises(UserError, match="16-mixed needs a CUDA GPU"):  # Lightning alone would switch to bf16-mixed
+        train(compose_train([f"engine={engine}", "trainer.precision=16-mixed"]), tmp_path)
+    assert not any(tmp_path.iterdir())
 
 
 def test_unsafe_checkpoint_is_refused(tmp_path):
@@ -130,7 +154,7 @@ def test_lightning_engine_honours_early_stopping_grad_norm_and_anomaly_mode(tmp_
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     assert [e.step for e in events.Scalars("train/grad_norm")] == [1, 3, 5]  # engine=raw's cadence
-    assert lightning_engine.trainer_arguments(compose_train(["debug=anomaly"]), False)["detect_anomaly"] is True
+    assert lightning_engine.trainer_arguments(compose_train(["debug=anomaly"]))["detect_anomaly"] is True
 
 
 @pytest.mark.slow

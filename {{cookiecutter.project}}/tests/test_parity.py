@@ -16,12 +16,14 @@ import pytest
 import torch
 from conftest import PROJECT_ROOT, assert_same_curves, compose_train, run_dirs, scalars
 
+from {{ cookiecutter.package }} import task
 from {{ cookiecutter.package }}.checkpoint import load_checkpoint, model_state_dict
 from {{ cookiecutter.package }}.data import DataPipeline
 from {{ cookiecutter.package }}.engines import lightning as lightning_engine
 from {{ cookiecutter.package }}.engines import raw as raw_engine
 from {{ cookiecutter.package }}.errors import UserError
-from {{ cookiecutter.package }}.launch import build_model, seed_everything
+from {{ cookiecutter.package }}.launch import seed_everything
+from {{ cookiecutter.package }}.models import build_model
 
 ENGINES = {"raw": raw_engine.fit, "lightning": lightning_engine.fit}
 BASE = ["trainer.max_epochs=2", "trainer.limit_train_batches=6", "trainer.limit_val_batches=2",
@@ -87,12 +89,12 @@ def test_weights_are_interchangeable(tmp_path):
     cfg = compose_train([*BASE])
     data = DataPipeline(cfg.data, seed=cfg.seed)
     data.setup()
-    accuracy = raw_engine.MulticlassAccuracy(num_classes=cfg.data.num_classes, average="micro")
+    accuracy = task.accuracy(cfg.data.num_classes)
 
     lightning_weights_in_raw = build_model(cfg.model)
     lightning_weights_in_raw.load_state_dict(weights(tmp_path / "lightning", "best.ckpt"))
-    tested = raw_engine.evaluate(lightning_weights_in_raw, data.test_dataloader(), 2, accuracy,
-                                 torch.device("cpu"), torch.float32, None)
+    tested = raw_engine.evaluation_loop(lightning_weights_in_raw, data.test_dataloader(), 2, accuracy,
+                                        torch.device("cpu"), raw_engine.PRECISIONS["32-true"])
     assert tested["acc"] == results["lightning"]["test/acc"]
 
     raw_weights_in_lightning = lightning_engine.Classifier(build_model(cfg.model), cfg)

@@ -13,7 +13,8 @@ from {{ cookiecutter.package }}.checkpoint import load_checkpoint, save_checkpoi
 from {{ cookiecutter.package }}.data import DataPipeline
 from {{ cookiecutter.package }}.engines.raw import fit
 from {{ cookiecutter.package }}.errors import UserError
-from {{ cookiecutter.package }}.launch import build_model, seed_everything
+from {{ cookiecutter.package }}.launch import seed_everything
+from {{ cookiecutter.package }}.models import build_model
 
 QUICK = ["engine=raw", "trainer.enable_progress_bar=false", "trainer.limit_val_batches=1",
          "trainer.limit_test_batches=1", "trainer.log_every_n_steps=1"]

@@ -17,7 +17,8 @@ from {{ cookiecutter.package }} import summaries
 from {{ cookiecutter.package }}.data import DataPipeline
 from {{ cookiecutter.package }}.engines.raw import fit as raw_fit
 from {{ cookiecutter.package }}.errors import UserError
-from {{ cookiecutter.package }}.launch import build_model, seed_everything
+from {{ cookiecutter.package }}.launch import seed_everything
+from {{ cookiecutter.package }}.models import build_model
 
 ENGINES = ("raw", "lightning")
 EVERY_EPOCH = "logger.tensorboard.histogram_every_n_epochs=1"

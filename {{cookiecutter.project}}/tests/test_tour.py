@@ -1,4 +1,4 @@
-"""The tour scripts run, and the outline map in the README is complete.
+"""The tour scripts run, and the outline map in tour/README.md is complete.
 
 Tour scripts run as subprocesses in temporary working directories, with
 TOUR_OUTPUT_DIR pointing there, so nothing is written into the project. They are started
@@ -21,6 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TOUR = ROOT / "tour"
 SCRIPTS = sorted(p.name for p in TOUR.glob("[0-9][0-9]_*.py"))
+TOUR_README = TOUR / "README.md"
 SECTION_TITLE = "The outline in practice"
 SCRIPT_TIMEOUT_S = 180
 
@@ -96,8 +97,8 @@ def test_tour_script_is_a_cell_notebook(script):
 
 
 # ---------------------------------------------------------------------------------------
-# The outline map: every outline heading has a row in the README table, and every row
-# points to an existing file and to a cell title or function name inside it.
+# The outline map: every outline heading has a row in the table of tour/README.md, and every
+# row points to an existing file (relative to tour/) and to a cell title or function name inside it.
 
 
 def outline_headings() -> list[str]:
@@ -113,7 +114,7 @@ def outline_headings() -> list[str]:
 
 
 def table_source() -> Path:
-    return ROOT / "README.md"
+    return TOUR_README
 
 
 def table_rows(path: Path) -> list[tuple[str, str, str]]:
@@ -164,13 +165,13 @@ def test_outline_map_covers_every_heading():
 
     mapped = {heading for heading, _, _ in rows}
     missing = [h for h in headings if h not in mapped]
-    assert not missing, f"headings without a row in {source.name}: {missing}"
+    assert not missing, f"headings without a row in {source.relative_to(ROOT)}: {missing}"
     unknown = [h for h, _, _ in rows if h not in set(headings)]
-    assert not unknown, f"rows in {source.name} for headings not in the outline: {unknown}"
+    assert not unknown, f"rows in {source.relative_to(ROOT)} for headings not in the outline: {unknown}"
 
     problems = []
     for heading, target, name in rows:
-        path = ROOT / target
+        path = (source.parent / target).resolve()  # a link in tour/README.md is relative to tour/
         if not target or not path.is_file():
             problems.append(f"{heading!r}: file {target!r} does not exist")
         elif not name:
@@ -181,3 +182,17 @@ def test_outline_map_covers_every_heading():
         elif name not in path.read_text(encoding="utf-8"):
             problems.append(f"{heading!r}: {name!r} does not appear in {target}")
     assert not problems, "\n".join(problems)
+
+
+def test_outline_map_rows_are_unique_and_in_outline_order():
+    headings = outline_headings()
+    mapped = [heading for heading, _, _ in table_rows(table_source()) if heading in set(headings)]
+    duplicated = sorted({h for h in mapped if mapped.count(h) > 1})
+    assert not duplicated, f"headings with more than one row in tour/README.md: {duplicated}"
+    assert mapped == [h for h in headings if h in set(mapped)], "rows are not in the order of tour/outline.md"
+
+
+def test_the_project_readme_points_at_the_tour():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "](tour/README.md)" in readme, "README.md should link to tour/README.md"
+    assert SECTION_TITLE not in readme, f"the outline map belongs in tour/README.md, not under '{SECTION_TITLE}'"

@@ -176,16 +176,21 @@ assert val_acc > 0.9
 assert not evaluate(make_model(), val_set)[1] > 0.9  # an untrained model is far from that
 
 # %% [markdown]
-# ## From this loop to the project's engines
+# ## From this loop to the project's engines: a ladder of three rungs
 #
-# The project keeps this loop in two forms, selected with a Hydra override:
+# This chapter's `train` is the first rung: the five steps and nothing else. The same loop
+# grows in two steps, each file saying where it stands:
 #
-# * `python train.py engine=raw` runs
-#   `src/{{ cookiecutter.package }}/engines/raw.py`: the same five steps written out, plus
-#   device placement, the scheduler, checkpoints and metrics.
-# * `python train.py engine=lightning` runs
-#   `src/{{ cookiecutter.package }}/engines/lightning.py`: Lightning's `Trainer` owns the
-#   loop; you write `training_step` and `configure_optimizers`.
+# 1. `benchmarks/engine_overhead.py`, `bare_loop`: this loop on the project's own data,
+#    model, optimizer and schedule (`src/{{ cookiecutter.package }}/task.py`), plus the
+#    validation pass; the benchmark's floor, what the engines are timed against.
+# 2. `src/{{ cookiecutter.package }}/engines/raw.py` (`python train.py engine=raw`):
+#    everything `lightning.Trainer` does, by hand, in Lightning's names. Its
+#    `optimizer_step` holds the five steps of this chapter together; `fit` and the
+#    functions it calls (`fit_loop`, `train_epoch`, `validation_loop`, ...) add devices,
+#    precision, accumulation, clipping, schedulers, checkpoints, logging, signals and DDP.
 #
-# Reading `raw.py` right after this chapter is the quickest way to see how the tour maps
-# onto real training code.
+# And `src/{{ cookiecutter.package }}/engines/lightning.py` (`python train.py
+# engine=lightning`) is the Trainer doing all of it: you write `training_step` and
+# `configure_optimizers`. The two engine files carry the same section markers; open them
+# side by side (COMPARISON.md walks through them section by section).

@@ -26,6 +26,10 @@ from .errors import UserError
 ENGINES = ("raw", "lightning")
 ENGINE_FILES = {engine: Path(__file__).parent / "engines" / f"{engine}.py" for engine in ENGINES}
 LINES_OF_CODE = "lines of code in engines/raw.py and engines/lightning.py (not blank, comment or docstring)"
+# One value for the pair, in the "lightning vs raw" column: max |lightning - raw| over every step both logged.
+LOSS_DIFFERENCE = "largest train/loss difference between the engines, over all steps both logged"
+BENCHMARK_SCRIPT = "benchmarks/engine_overhead.py"  # relative to the project root, as train.py is
+BENCHMARK_README = "benchmarks/README.md"
 OUTPUT_TAIL_LINES = 15  # of a failed engine run, shown above the error line
 # The panels of comparison.png: (TensorBoard tag, y-axis label, log scale).
 PANELS = (("train/loss", "training loss (per logged step)", True),
@@ -117,7 +121,9 @@ def read_scalars(tensorboard_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def largest_difference(a: list[tuple[int, float]], b: list[tuple[int, float]]) -> tuple[float, int | None, int]:
-    """(largest |a - b|, the step where it occurs, number of steps compared) over the steps both logged."""
+    """(largest |a - b|, the step where it occurs, number of steps compared) over the steps both logged.
+
+    With no step in common: (nan, None, 0). Of several steps with the largest difference, the last one."""
     a_by_step, b_by_step = dict(a), dict(b)
     common = sorted(a_by_step.keys() & b_by_step.keys())
     if not common:
@@ -154,6 +160,15 @@ def difference(a: float | None, b: float | None) -> str:
     return "identical" if a == b else f"difference {b - a:+.2e}"
 
 
+def loss_difference(largest: float, step: int | None, compared: int) -> str:
+    """The cell of the per-step row: one value, the largest absolute difference, and where it occurs."""
+    if not compared:
+        return "n/a (no step logged by both engines)"
+    if largest == 0:
+        return f"{largest:.2e} (identical at all {compared} steps)"
+    return f"{largest:.2e} (at step {step}, of {compared} steps)"
+
+
 def ratio(a: float | None, b: float | None) -> str:
     if a is None or b is None or a == 0:
         return "n/a"
@@ -163,8 +178,7 @@ def ratio(a: float | None, b: float | None) -> str:
 def table_rows(raw: EngineRun, lit: EngineRun) -> list[tuple[str, str, str, str]]:
     """(what, raw, lightning, lightning vs raw) for every row of comparison.md."""
     runs = (raw, lit)
-    loss_difference, at_step, compared = largest_difference(raw.scalars.get("train/loss", []),
-                                                            lit.scalars.get("train/loss", []))
+    per_step = largest_difference(raw.scalars.get("train/loss", []), lit.scalars.get("train/loss", []))
     epoch_s = [statistics.median(r.metrics["epoch_times_s"]) if r.metrics["epoch_times_s"] else None for r in runs]
     steps_per_s = [r.metrics["global_step"] / sum(r.metrics["epoch_times_s"]) if r.metrics["epoch_times_s"] else None
                    for r in runs]
@@ -173,10 +187,7 @@ def table_rows(raw: EngineRun, lit: EngineRun) -> list[tuple[str, str, str, str]
                        ("test/acc (best checkpoint)", "test/acc")):
         a, b = raw.metrics.get(key), lit.metrics.get(key)
         rows.append((label, number(a), number(b), difference(a, b)))
-    where = (f"at step {at_step}, of {compared} steps both logged" if loss_difference else
-             f"identical at all {compared} steps both logged")
-    rows.append(("largest train/loss difference between the engines at one step", f"{loss_difference:.2e}",
-                 f"{loss_difference:.2e}", where))
+    rows.append((LOSS_DIFFERENCE, "", "", loss_difference(*per_step)))  # a value of the pair, not of each engine
     startup = [r.metrics.get("startup_s") for r in runs]
     seconds = [r.seconds for r in runs]
     rss = [r.metrics.get("peak_rss_mb") for r in runs]
@@ -204,8 +215,26 @@ def markdown_table(rows: list[tuple[str, str, str, str]]) -> str:
     return "\n".join(lines)
 
 
-def write_report(raw: EngineRun, lit: EngineRun, overrides: list[str], out_dir: Path) -> str:
-    """Write comparison.md and comparison.png into `out_dir`; return the table."""
+def link_from(out_dir: Path, target: Path) -> str:
+    """`target` as a link from a file in `out_dir`: relative where it can be (another drive: absolute)."""
+    try:
+        return Path(os.path.relpath(target, out_dir)).as_posix()
+    except ValueError:
+        return target.as_posix()
+
+
+def benchmark_readme(out_dir: Path, project_root: Path | None) -> str:
+    """The benchmark's README as a link from comparison.md when the project root is known, else its path."""
+    if project_root is None:
+        return f"`{BENCHMARK_README}`"
+    return f"[{BENCHMARK_README}]({link_from(out_dir, project_root / BENCHMARK_README)})"
+
+
+def write_report(raw: EngineRun, lit: EngineRun, overrides: list[str], out_dir: Path,
+                 project_root: Path | None = None) -> str:
+    """Write comparison.md and comparison.png into `out_dir`; return the table.
+
+    `project_root` (the folder of train.py) makes the pointer to the benchmark's README a link."""
     table = markdown_table(table_rows(raw, lit))
     command = " ".join(["python compare.py", *overrides])
     report = f"""# engine=raw vs engine=lightning
@@ -216,11 +245,14 @@ Both engines trained with the same config as separate `python train.py` processe
 
 {table}
 
-* Accuracies and the final loss are metrics.json values; the per-step difference compares the `train/loss`
-  TensorBoard scalars at the steps both engines logged (`trainer.log_every_n_steps`).
+* Accuracies and the final loss are metrics.json values. The per-step row is one value for the pair: the
+  largest absolute difference |lightning - raw| of the `train/loss` TensorBoard scalars over all the steps both
+  engines logged (`trainer.log_every_n_steps`), and the step where it occurs.
 * Time per epoch is metrics.json `epoch_times_s` (training and the validation pass); start-up is `startup_s`
-  (imports, config, data and model, up to the first training step). Timings vary from run to run: for
-  overhead ratios with repeats and a bare PyTorch loop as the reference, run `benchmarks/engine_overhead.py`.
+  (imports, config, data and model, up to the first training step).
+* The timings are from one run of each engine, so they move with whatever else the machine was doing. For
+  the engines' overhead measured with repeats, interleaved, against a bare PyTorch loop, run
+  `python {BENCHMARK_SCRIPT}`; its method and measured figures are in {benchmark_readme(out_dir, project_root)}.
 
 ![loss and accuracy curves of both engines](comparison.png)
 """
@@ -244,7 +276,9 @@ def plot_curves(scalars: dict[str, dict[str, list[tuple[int, float]]]], path: Pa
                 steps, values = zip(*series[tag], strict=True)
                 style = {**STYLES[engine], **({"marker": None} if len(steps) > MARKERS_UP_TO else {})}
                 axes.plot(steps, values, label=engine, **style)
-        if not any(series.get(tag) for series in scalars.values()):
+        if any(series.get(tag) for series in scalars.values()):
+            axes.legend()
+        else:
             axes.text(0.5, 0.5, f"no {tag} logged", ha="center", va="center", transform=axes.transAxes)
         positive = [v for series in scalars.values() for _, v in series.get(tag, []) if v > 0]
         if log_scale and positive:
@@ -255,7 +289,6 @@ def plot_curves(scalars: dict[str, dict[str, list[tuple[int, float]]]], path: Pa
             axes.yaxis.set_minor_formatter(plain if max(positive) / min(positive) < 10 else NullFormatter())
         axes.set(title=tag, xlabel="optimizer step", ylabel=label)
         axes.grid(alpha=0.3)
-        axes.legend()
     figure.suptitle(f"raw vs lightning: {command}\n(the lines lie on top of each other where the engines agree)")
     figure.savefig(path, dpi=110)
 
@@ -275,7 +308,7 @@ def compare(overrides: list[str], out_dir: Path, train_script: Path) -> str:
             raise
         runs[engine] = read_run(engine, out_dir / engine, seconds)
         print(f"done in {seconds:.1f} s, test/acc {runs[engine].metrics['test/acc']:.4f}", flush=True)
-    return write_report(runs["raw"], runs["lightning"], overrides, out_dir)
+    return write_report(runs["raw"], runs["lightning"], overrides, out_dir, project_root=train_script.parent)
 
 
 def current_dir_relative(path: Path) -> str:

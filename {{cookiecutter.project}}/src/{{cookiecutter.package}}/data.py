@@ -43,7 +43,7 @@ class DataPipeline:
         self.test_set: Dataset | None = None
 
     def prepare_data(self) -> None:
-        """Download once (Lightning calls this on one process only; so does the raw engine)."""
+        """Download, once per machine: on local rank 0 only, in both engines (Lightning's default)."""
         if self.cfg.name in TORCHVISION:
             for train in (True, False):
                 self._torchvision(train=train, download=self.cfg.download)

@@ -2,20 +2,22 @@
 
 `trainer.strategy: ddp` (trainer=ddp, trainer=ddp_cpu) trains with `trainer.devices` processes per node.
 Started plainly (`python train.py trainer=ddp_cpu`), train.py launches them itself with torch.distributed's
-elastic launcher, the launcher behind `torchrun`. Started by torchrun, srun (SLURM) or another launcher that
-sets RANK/WORLD_SIZE/LOCAL_RANK, each process already is a worker and nothing is launched again.
+elastic launcher, the launcher behind `torchrun`, each running worker.py. Started by torchrun, srun (SLURM) or
+another launcher that sets RANK/WORLD_SIZE/LOCAL_RANK, each process already is a worker and nothing is launched
+again.
 Both engines join the process group here, so its timeout and errors are the same in both; Lightning finds
 the group initialised and the torchelastic (or SLURM) environment it expects, and starts no processes of
 its own (which is what keeps Hydra multiruns from running a sweep twice).
 """
 
 import datetime
+import gc
+import itertools
 import logging
 import os
 import signal
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,9 +27,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from .errors import TrainingStopped, UserError
-from .rundir import started_by_launcher
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,17 @@ class World:
 
 def is_ddp(trainer: DictConfig) -> bool:
     return trainer.get("strategy", "auto") == "ddp"
+
+
+def started_by_launcher() -> str | None:
+    """'torchelastic' (torchrun, or train.py's own launch of workers) or 'slurm' (srun with several tasks)
+    when a launcher started this process as one worker of several, from its environment variables; else None."""
+    if all(name in os.environ for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")):
+        return "torchelastic"
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and os.environ.get("SLURM_JOB_NAME") not in ("bash",
+                                                                                                 "interactive"):
+        return "slurm"
+    return None
 
 
 def launched_world() -> World | None:
@@ -114,8 +127,9 @@ def check_distributed(trainer: DictConfig) -> None:
 def launch_workers(cfg: DictConfig, run_dir: Path) -> None:
     """Run `trainer.devices` workers of this run on this machine with torch elastic (as torchrun would).
 
-    The workers load the composed config from a file instead of running Hydra again: they write into
-    this run's folder and nothing else. One failing worker stops the others; the error names its rank.
+    The workers (`python -m <package>.worker`, worker.py) load the composed config from a file instead of
+    running Hydra again: they write into this run's folder and nothing else. One failing worker stops the
+    others; the error names its rank.
     """
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -140,7 +154,7 @@ def launch_workers(cfg: DictConfig, run_dir: Path) -> None:
                 logging.getLogger(name).setLevel(logging.CRITICAL)
         try:
             elastic_launch(launch, entrypoint=sys.executable)(
-                "-u", "-m", f"{__package__}.distributed", str(config_file), str(run_dir))
+                "-u", "-m", f"{__package__}.worker", str(config_file), str(run_dir))
         except ChildFailedError as failed:
             raise UserError(describe_failure(failed, run_dir)) from None
         except SignalException as stop:  # SIGTERM/Ctrl-C: the launcher passed it on to every worker
@@ -212,7 +226,12 @@ def process_group(cfg: DictConfig, run_dir: Path) -> Iterator[World]:
                         "MASTER_ADDR/MASTER_PORT (torchrun --rdzv-endpoint) and reachable ports") from None
     try:
         yield world
+        dist.barrier()  # every rank is done: none tears the group down while another still uses it
     finally:
+        # Free what still holds the group (a DDP wrapper in a reference cycle, as Lightning's) while Python is
+        # alive: freed at interpreter exit, gloo's threads abort the process ("terminate called without an
+        # active exception", SIGABRT), which the launcher reports as a failed rank.
+        gc.collect()
         dist.destroy_process_group()
 
 
@@ -257,23 +276,31 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(value.item())
 
 
-class NullWriter:
-    """What ranks > 0 get instead of a SummaryWriter: the same methods, writing nothing."""
-
-    def __getattr__(self, name: str):
-        return lambda *args, **kwargs: None
-
-
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 
 
-def fail_if_asked(debug: Mapping[str, Any], step: int) -> None:
-    """`+debug.fail_rank=R +debug.fail_step=S`: rank R raises at step S, to rehearse a crashed rank."""
+@contextmanager
+def fail_on_purpose(debug: Mapping[str, Any]) -> Iterator[None]:
+    """`+debug.fail_rank=R +debug.fail_step=S`: rank R raises before its optimizer step S (0-based, counted from
+    the start of this process), to rehearse a crashed rank. A global optimizer-step pre-hook: both engines call
+    `optimizer.step()`, so neither training loop has to know about it."""
     fail_rank, fail_step = debug.get("fail_rank"), debug.get("fail_step", 0)
-    if fail_rank is not None and step == fail_step and current_world().rank == fail_rank:
-        raise RuntimeError(f"debug.fail_rank={fail_rank}: rank {fail_rank} fails on purpose at step {step}")
+    if fail_rank is None or current_world().rank != fail_rank:
+        yield
+        return
+    steps = itertools.count()
+
+    def fail(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if next(steps) == fail_step:
+            raise RuntimeError(f"debug.fail_rank={fail_rank}: rank {fail_rank} fails on purpose at step {fail_step}")
+
+    handle = register_optimizer_step_pre_hook(fail)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def record_error(error: BaseException) -> None:
@@ -281,27 +308,3 @@ def record_error(error: BaseException) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
 
     ErrorHandler().record_exception(error)
-
-
-def worker_main(config_file: str, run_dir: str) -> int:
-    """The entry point of a worker started by launch_workers: `python -m <package>.distributed CONFIG RUN_DIR`."""
-    from .launch import train
-
-    started = time.perf_counter()
-    cfg = OmegaConf.load(config_file)
-    try:
-        train(cfg, Path(run_dir), started=started)
-    except UserError as err:
-        record_error(err)  # the launching process prints it, once for all ranks
-        return 1
-    except TrainingStopped as stop:
-        print(stop, file=sys.stderr)
-        return stop.exit_code
-    except BaseException as err:
-        record_error(err)
-        raise
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(worker_main(*sys.argv[1:]))

@@ -1,7 +1,6 @@
-"""What both engines share around a run: checking the config, seeding, and the run's metrics.json.
-
-train.py calls `train(cfg, run_dir)`; it picks the engine and imports it only then, so engine=raw never
-imports lightning.
+"""The top of a run: check the config, launch or join the DDP workers, seed, train with the chosen engine, write
+metrics.json. train.py (and worker.py, in each DDP worker) calls `train(cfg, run_dir)`; nothing below imports
+this module. The engine is imported only once chosen, so engine=raw never imports lightning.
 """
 
 import json
@@ -14,11 +13,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
-from .distributed import check_distributed, is_ddp, launch_workers, launched_world, process_group
+from . import summaries
+from .distributed import check_distributed, fail_on_purpose, is_ddp, launch_workers, launched_world, process_group
 from .errors import UserError
 from .rundir import find_checkpoint
 
@@ -57,29 +55,11 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.engine.name not in ENGINES:
         raise UserError(f"engine.name={cfg.engine.name!r} is not known: use engine=raw or engine=lightning")
     check_accelerator(cfg.trainer)
+    summaries.Settings.from_config(cfg.logger.tensorboard)  # the TensorBoard switches (the engines read them again)
     checkpoint = cfg.callbacks.model_checkpoint
     if checkpoint.monitor not in MONITORS or checkpoint.mode not in ("min", "max"):
         raise UserError(f"callbacks.model_checkpoint monitor={checkpoint.monitor!r} mode={checkpoint.mode!r} is not "
                         f"valid: monitor one of {', '.join(MONITORS)} with mode 'max' or 'min'")
-
-
-def build_model(cfg: DictConfig) -> nn.Module:
-    """The configured nn.Module; `compile: true` compiles it in place (state_dict keys stay the same)."""
-    model = instantiate({k: v for k, v in cfg.items() if k != "compile"})
-    if cfg.get("compile"):
-        model.compile()
-    return model
-
-
-def write_hparams(cfg: DictConfig, tensorboard_dir: Path) -> None:
-    """The composed config beside the TensorBoard events, in both engines (Lightning keeps an existing file)."""
-    tensorboard_dir.mkdir(parents=True, exist_ok=True)
-    (tensorboard_dir / "hparams.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-
-
-def progress_bar_enabled(trainer: DictConfig) -> bool:
-    """A progress bar only on a terminal: in CI logs and pipes it would print a line per refresh."""
-    return bool(trainer.enable_progress_bar) and sys.stderr.isatty()
 
 
 def seed_everything(seed: int) -> None:
@@ -87,27 +67,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def get_rng_state() -> dict[str, Any]:
-    """Every random generator the run draws from, as tensors and plain values (safe to load)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": [name, keys.tolist(), pos, has_gauss, cached],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def peak_rss_mb() -> float:
@@ -126,15 +85,18 @@ def train(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict[
     started = time.perf_counter() if started is None else started
     check_config(cfg)
     checkpoint = find_checkpoint(cfg.ckpt_path, run_dir.parent)
-    if checkpoint is not None and cfg.ckpt_path == "last":
-        print(f"ckpt_path=last: resuming the newest {cfg.engine.name} run, {checkpoint}", flush=True)
     if is_ddp(cfg.trainer) and launched_world() is None:
         if checkpoint is not None:  # the workers resume the very file found here
             cfg = OmegaConf.merge(cfg, {"ckpt_path": str(checkpoint)})
         launch_workers(cfg, run_dir)
         return json.loads((run_dir / "metrics.json").read_text())
 
-    with process_group(cfg, run_dir) as world:
+    if checkpoint is not None:  # the same first line in both engines
+        newest = f" (ckpt_path=last: the newest {cfg.engine.name} run)" if cfg.ckpt_path == "last" else ""
+        print(f"resuming {checkpoint}{newest}", flush=True)
+    with process_group(cfg, run_dir) as world, fail_on_purpose(cfg.debug):
+        if world.is_main:  # the composed config beside the TensorBoard events, in both engines
+            summaries.write_hparams(cfg, run_dir / cfg.logger.tensorboard.subdir)
         seed_everything(cfg.seed)
         if cfg.engine.name == "raw":
             from .engines.raw import fit

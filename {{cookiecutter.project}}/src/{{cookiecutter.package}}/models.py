@@ -1,8 +1,11 @@
-"""Plain `nn.Module` models. No engine code here: both engines train these exact classes."""
+"""Plain `nn.Module` models, and `build_model` for configs/model/. No engine code here: both engines train these
+exact classes."""
 
 from collections.abc import Sequence
 
 import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 from torch import nn
 
 
@@ -45,3 +48,11 @@ class CNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+def build_model(cfg: DictConfig) -> nn.Module:
+    """The model of configs/model/; `compile: true` compiles it in place (state_dict keys stay the same)."""
+    model = instantiate({k: v for k, v in cfg.items() if k != "compile"})
+    if cfg.get("compile"):
+        model.compile()
+    return model

@@ -45,22 +45,13 @@ def run_dir(ckpt_path: str | None, engine_dir: str) -> str:
     return f"{engine_dir}/{(launcher_start_time() or datetime.now()).strftime(RUN_NAME_FORMAT)}"
 
 
-def started_by_launcher() -> str | None:
-    """'torchelastic' (torchrun, or train.py's own launch of workers) or 'slurm' (srun with several tasks)
-    when a launcher started this process as one worker of several, from its environment variables; else None."""
-    if all(name in os.environ for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")):
-        return "torchelastic"
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and os.environ.get("SLURM_JOB_NAME") not in ("bash",
-                                                                                                 "interactive"):
-        return "slurm"
-    return None
-
-
 def launcher_start_time() -> datetime | None:
     """Under torchrun or srun every worker runs train.py and composes hydra.run.dir itself: name the run
     after the start of the process that launched them all (their parent), so that they agree on one folder.
     None when not launched that way, or where /proc is missing (not Linux: each worker gets its own folder).
     """
+    from .distributed import started_by_launcher  # here: importing this module must not import torch
+
     if started_by_launcher() is None:
         return None
     try:

@@ -1,8 +1,10 @@
 """TensorBoard artefacts beyond the scalars, written the same way by both engines.
 
 Each function takes a `torch.utils.tensorboard.SummaryWriter` (Lightning's `TensorBoardLogger.experiment`
-is one) and does nothing when its switch in configs/logger/tensorboard.yaml is off, so an engine calls it
-in one line. The tags are the same in both engines:
+is one) and does nothing when its switch in configs/logger/tensorboard.yaml is off. `Summaries` calls them at
+the points of a run where both engines write them: its methods are named after the Lightning hooks, and each
+engine calls each of them in one line (engines/raw.py from its loop, engines/lightning.py from a callback).
+The tags are the same in both engines:
 
     inputs/train              IMAGES     a grid of training images, once at the start
     (graph)                   GRAPHS     the model's graph, traced once at the start
@@ -20,12 +22,13 @@ This module must not import lightning.
 import math
 import warnings
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import Dataset
 from torch.utils.tensorboard import SummaryWriter
@@ -66,6 +69,52 @@ class Settings:
                 raise UserError(f"logger.tensorboard.{name}={value!r} is not valid: use a whole number of at "
                                 f"least {least}")
         return cls(**values)
+
+
+def write_hparams(cfg: DictConfig, tensorboard_dir: Path) -> None:
+    """The composed config beside the TensorBoard events, in both engines (Lightning keeps an existing file)."""
+    tensorboard_dir.mkdir(parents=True, exist_ok=True)
+    (tensorboard_dir / "hparams.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+class NullWriter:
+    """What ranks > 0 get instead of a SummaryWriter: the same methods, writing nothing (rank 0 alone logs)."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
+class Summaries:
+    """The artefacts below, hook by hook, for one run: the same calls from both engines."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg, self.settings = cfg, Settings.from_config(cfg.logger.tensorboard)
+        self.mistakes: Mistakes | None = None
+
+    def on_train_start(self, writer: SummaryWriter, model: nn.Module, train_set: Dataset, global_step: int) -> None:
+        """What the model sees, and its graph, once per run (a resumed run has them already)."""
+        if global_step == 0:
+            add_input_images(writer, self.settings, train_set)
+            add_graph(writer, self.settings, model, train_set)
+
+    def on_before_optimizer_step(self, writer: SummaryWriter, model: nn.Module, epoch: int, batch_idx: int,
+                                 accumulate: int, global_step: int) -> None:
+        """After backward and unscaling, before clipping and zero_grad: the histograms, on their epochs."""
+        if histograms_due(self.settings, epoch, batch_idx, accumulate):
+            add_histograms(writer, model, global_step)
+
+    def on_test_start(self, device: torch.device) -> None:
+        self.mistakes = Mistakes(self.settings, self.cfg.data.num_classes, device)
+
+    def on_test_batch_end(self, inputs: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        self.mistakes.update(inputs, logits, targets)
+
+    def on_test_end(self, writer: SummaryWriter | None, global_step: int) -> None:
+        """The confusion matrix (on every rank: it syncs under DDP), the misclassified examples and the hparams,
+        written where `writer` is not None."""
+        self.mistakes.write(writer, global_step)
+        if writer is not None:
+            add_hparams(writer, self.settings, self.cfg)
 
 
 def first_examples(dataset: Dataset, count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,6 +164,11 @@ def histograms_due(settings: Settings, epoch: int, batch_idx: int, accumulate: i
     """True at the first optimizer step of epochs 0, n, 2n, ... (n = histogram_every_n_epochs)."""
     every = settings.histogram_every_n_epochs
     return every > 0 and epoch % every == 0 and batch_idx < accumulate
+
+
+def gradient_norm(model: nn.Module) -> torch.Tensor:
+    """train/grad_norm: the 2-norm of all the model's gradients together (after unscaling, before clipping)."""
+    return torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
 
 
 def add_histograms(writer: SummaryWriter, model: nn.Module, step: int) -> None:

@@ -1,11 +1,14 @@
-"""engine=raw: the whole training run written out in plain PyTorch.
+"""engine=raw: what `lightning.Trainer` does for engines/lightning.py, written out in plain PyTorch.
 
-Read `fit` top to bottom: it does by hand what `lightning.Trainer` does for engines/lightning.py, with the
-same configs: device and precision, the epoch loop, zero_grad/backward/step, gradient accumulation and
-clipping, scheduler stepping, validation, early stopping, TensorBoard, checkpoints that resume exactly,
-a clean stop on SIGTERM/Ctrl-C, a test with the best weights, and DDP (one process per device, started by
-distributed.py; each process runs this same loop on its share of the data).
-This file must not import lightning.
+`fit` reads as `Trainer.fit` then `Trainer.test(ckpt_path="best")`: set up the device, precision, data, model and
+optimizer, restore a checkpoint, run the fit loop, test with the best weights. It calls functions named after the
+Lightning loop phases and hooks they replace, and `Trainer` keeps the state under Lightning's names
+(`trainer.global_step`, `trainer.current_epoch`, ...). This file and engines/lightning.py carry the same
+`# -- section --` markers in the same order: open them side by side and scroll them in step.
+
+The ladder: tour/05_training_loop.py (the five steps in a 15-line loop) -> benchmarks/engine_overhead.py
+`bare_loop` (that loop on this project's data, model and optimizer) -> this file (everything the Trainer does)
+-> engines/lightning.py (the Trainer doing it). This file must not import lightning.
 """
 
 import contextlib
@@ -15,44 +18,28 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import Metric
 from tqdm import tqdm
 
-from .. import summaries
-from ..checkpoint import load_checkpoint, model_state_dict, save_checkpoint
+from .. import console, summaries, task
+from ..checkpoint import get_rng_state, load_checkpoint, model_state_dict, save_checkpoint, set_rng_state
 from ..data import DataPipeline
-from ..distributed import NullWriter, any_rank, barrier, current_world, fail_if_asked, is_ddp, reduce_sum
+from ..distributed import World, any_rank, barrier, current_world, is_ddp, reduce_sum
 from ..errors import TrainingStopped, UserError
 from ..guards import NonFiniteLossGuard
-from ..launch import (
-    build_model,
-    check_precision,
-    get_rng_state,
-    progress_bar_enabled,
-    set_rng_state,
-    write_hparams,
-)
-from ..optim import (
-    Schedule,
-    build_optimizer,
-    build_schedule,
-    check_resumable,
-    limit_batches,
-    total_optimizer_steps,
-)
+from ..models import build_model
 
-# The keys of configs/trainer/*.yaml that this loop implements. Any other key stops the run before it
+# The keys of configs/trainer/*.yaml that this engine implements. Any other key stops the run before it
 # starts: a Lightning setting the raw engine would silently ignore is a bug, not a feature.
 SUPPORTED_TRAINER_KEYS = {
     "accelerator", "devices", "precision", "max_epochs", "max_steps", "gradient_clip_val",
@@ -60,269 +47,125 @@ SUPPORTED_TRAINER_KEYS = {
     "limit_val_batches", "limit_test_batches", "log_every_n_steps", "enable_progress_bar", "deterministic",
     "strategy", "num_nodes",
 }
-PRECISIONS = ("32-true", "64-true", "bf16-mixed", "16-mixed")
+Batch = task.Batch
 
+
+# -- fit --
 
 def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[str, Any]:
     """Train with validation every epoch, then test with the best checkpoint. Returns the final metrics."""
-    trainer = cfg.trainer
-    check_trainer_keys(trainer)
-    tensorboard = summaries.Settings.from_config(cfg.logger.tensorboard)  # its switches, checked up front
-    world = current_world()  # rank 0 of 1 unless trainer.strategy=ddp
-    device = pick_device(trainer.accelerator, world.local_rank)
-    param_dtype, autocast_dtype = parse_precision(str(trainer.precision), device)
-    if trainer.deterministic:  # as Lightning does: deterministic kernels, or an error where none exists
-        torch.use_deterministic_algorithms(True, warn_only=trainer.deterministic == "warn")
-        torch.backends.cudnn.benchmark = False
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
+    check_trainer_keys(cfg.trainer)
+    trainer = Trainer(cfg, run_dir)
+    trainer.summaries = summaries.Summaries(cfg)  # TensorBoard beyond the scalars; its switches checked up front
+    trainer.world = current_world()  # rank 0 of 1 unless trainer.strategy=ddp
+    trainer.device = pick_device(cfg.trainer.accelerator, trainer.world.local_rank)
+    trainer.precision = parse_precision(str(cfg.trainer.precision), trainer.device)
+    set_deterministic(cfg.trainer.deterministic)
     torch.autograd.set_detect_anomaly(bool(cfg.debug.detect_anomaly))  # debug=anomaly: slow, names the bad op
 
-    # Data: the same pipeline the Lightning engine wraps in a LightningDataModule. Under DDP each rank's
-    # loaders read its own share (DistributedSampler); data.batch_size is per process.
-    data = DataPipeline(cfg.data, seed=cfg.seed)
-    data.prepare_data()
-    data.setup("fit")
-    train_loader, val_loader = data.train_dataloader(), data.val_dataloader()
-    train_batches = limit_batches(len(train_loader), trainer.limit_train_batches)
-    val_batches = limit_batches(len(val_loader), trainer.limit_val_batches)
+    # The data pipeline the Lightning engine wraps in a LightningDataModule, its hooks called by hand.
+    trainer.data = DataPipeline(cfg.data, seed=cfg.seed)
+    if trainer.world.local_rank == 0:  # downloads: once per machine, as Lightning calls prepare_data
+        trainer.data.prepare_data()
+    barrier()  # under DDP the other ranks wait for it
+    trainer.data.setup("fit")
+    trainer.train_loader, trainer.val_loader = trainer.data.train_dataloader(), trainer.data.val_dataloader()
+    trainer.num_training_batches = limit_batches(len(trainer.train_loader), cfg.trainer.limit_train_batches)
+    trainer.num_val_batches = limit_batches(len(trainer.val_loader), cfg.trainer.limit_val_batches)
 
-    # Model, optimizer, scheduler. OneCycleLR's total_steps comes from the data, as in Lightning.
-    model = build_model(cfg.model).to(device=device, dtype=param_dtype)
-    # DDP: every rank holds a whole copy of the model; backward() averages the gradients over the ranks, and
-    # forward() gives every rank rank 0's batch-norm statistics. In one process ddp_model is the model itself.
-    ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if is_ddp(trainer) else model
-    optimizer = build_optimizer(cfg.optimizer, model.parameters())
-    schedule = build_schedule(cfg.scheduler, optimizer, total_optimizer_steps(len(train_loader), trainer))
+    # The model, on the device in the parameter dtype; under DDP also wrapped (ddp_model), and what
+    # LightningModule.configure_optimizers returns (task.py), for the steps the run will take.
+    trainer.model = build_model(cfg.model).to(trainer.device, trainer.precision.param_dtype)
+    trainer.ddp_model = wrap_ddp(trainer.model, trainer.device) if is_ddp(cfg.trainer) else trainer.model
+    trainer.optimizer, trainer.schedule = task.configure_optimizers(cfg, trainer.model,
+                                                                    estimated_stepping_batches(trainer))
     # Loss scaling keeps float16 gradients from underflowing; with any other precision it does nothing.
-    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
-    accuracy = MulticlassAccuracy(num_classes=cfg.data.num_classes, average="micro").to(device)
-    checkpoint_dir = run_dir / "checkpoints"
-    monitor, mode = cfg.callbacks.model_checkpoint.monitor, cfg.callbacks.model_checkpoint.mode
-    early_stopping = EarlyStopping.from_config(cfg.callbacks.get("early_stopping"))
+    trainer.scaler = torch.amp.GradScaler(trainer.device.type,
+                                          enabled=trainer.precision.autocast_dtype == torch.float16)
+    trainer.accuracy = task.accuracy(cfg.data.num_classes).to(trainer.device)
+    trainer.early_stopping = EarlyStopping.from_config(cfg.callbacks.get("early_stopping"))
+    trainer.non_finite = NonFiniteLossGuard(trainer.device)
 
-    # Where the run starts: from scratch, or exactly where a checkpoint left off.
-    progress = {"epoch": 0, "batches_done": 0, "global_step": 0, "best_score": None}
-    if ckpt_path is not None:
-        state = load_checkpoint(ckpt_path)
-        if state.get("engine") != "raw":
-            raise UserError(f"ckpt_path={ckpt_path} was written by engine={state.get('engine', 'lightning')}: "
-                            "resume it with that engine (its weights load anywhere with checkpoint.model_state_dict)")
-        if "progress" not in state:
-            raise UserError(f"ckpt_path={ckpt_path} holds only the best weights, not the training state: resume "
-                            "from last.ckpt (ckpt_path=last)")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if schedule:
-            check_resumable(state["scheduler"], total_optimizer_steps(len(train_loader), trainer))
-            schedule.scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        early_stopping.load_state_dict(state["early_stopping"])
-        progress = state["progress"]
-        set_rng_state(state["rng"])
-        print(f"resuming {ckpt_path} at epoch {progress['epoch']}, step {progress['global_step']}", flush=True)
-    global_step, best_score = progress["global_step"], progress["best_score"]
+    if ckpt_path is not None:  # Trainer.fit(ckpt_path=...): continue exactly where the checkpoint left off
+        restore_checkpoint(trainer, ckpt_path)
+    trainer.logger = setup_logger(trainer)
 
-    # purge_step drops events a crashed run logged after this checkpoint, so curves continue cleanly.
-    # Rank 0 alone writes events and checkpoints; the other ranks get a writer that writes nothing.
-    if world.is_main:
-        write_hparams(cfg, run_dir / cfg.logger.tensorboard.subdir)
-    writer = SummaryWriter(run_dir / cfg.logger.tensorboard.subdir, purge_step=global_step or None) \
-        if world.is_main else NullWriter()
-    # TensorBoard beyond the scalars (summaries.py): what the model sees and its graph, once per run.
-    if global_step == 0:  # a resumed run has them already
-        summaries.add_input_images(writer, tensorboard, data.train_set)
-        summaries.add_graph(writer, tensorboard, model, data.train_set)
-    accumulate = trainer.accumulate_grad_batches
-    # What the loop reads at every step, as plain values: an OmegaConf lookup costs tens of microseconds, and a
-    # few per step add up to percents of a small model's step (benchmarks/engine_overhead.py).
-    max_steps, log_every_n_steps = trainer.max_steps, trainer.log_every_n_steps
-    clip_val, clip_algorithm = trainer.gradient_clip_val, trainer.gradient_clip_algorithm
-    debug = OmegaConf.to_container(cfg.debug)
-    non_finite = NonFiniteLossGuard(device)
-    last_loss = torch.tensor(float("nan"))
-    val_metrics: dict[str, float] = {}
-    epoch_times: list[float] = []
-    epochs_done = progress["epoch"]
-    show_progress = progress_bar_enabled(trainer)
-
-    def save_last(epoch: int, batches_done: int) -> None:
-        non_finite.check(model)  # never overwrite the last good state with a broken one
-        if not world.is_main:
-            return
-        state = {
-            "engine": "raw",
-            "progress": {"epoch": epoch, "batches_done": batches_done, "global_step": global_step,
-                         "best_score": best_score},
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": schedule.scheduler.state_dict() if schedule else None,
-            "scaler": scaler.state_dict(),
-            "early_stopping": early_stopping.state_dict(),
-            "rng": get_rng_state(),  # dropout masks after a resume are the ones the straight run draws
-            "data_order": {"seed": cfg.seed, "epoch": epoch, "batches_done": batches_done},
-            "config": OmegaConf.to_yaml(cfg),
-            "versions": {"torch": str(torch.__version__), "python": sys.version.split()[0]},
-        }
-        save_checkpoint(state, checkpoint_dir / "last.ckpt")
-
-    train_started_at = time.perf_counter()  # start-up ends here (metrics.json: startup_s)
-    with stop_on_signals() as stop_requested:
-        for epoch in range(progress["epoch"], trainer.max_epochs):
-            if early_stopping.should_stop or 0 <= trainer.max_steps <= global_step:
-                break
-            epoch_started = time.perf_counter()
-            train_loader.sampler.set_epoch(epoch)  # the shuffle order is a function of (seed, epoch)
-            skip = progress["batches_done"] if epoch == progress["epoch"] else 0  # resumed mid-epoch
-            model.train()
-            batches = tqdm(itertools.islice(enumerate(train_loader), skip, train_batches), total=train_batches - skip,
-                           desc=f"Epoch {epoch}", unit="batch", disable=not show_progress, leave=False)
-            epoch_finished = True  # False when max_steps ends the run inside this epoch
-            for batch_idx, (inputs, targets) in batches:
-                if 0 <= max_steps <= global_step:
-                    epoch_finished = False
-                    break
-                fail_if_asked(debug, global_step)  # +debug.fail_rank=R +debug.fail_step=S: a crashed rank
-                inputs = inputs.to(device, dtype=param_dtype, non_blocking=True)
-                targets = targets.to(device, non_blocking=True)
-
-                steps = (batch_idx + 1) % accumulate == 0 or batch_idx + 1 == train_batches  # the last always steps
-                # DDP averages gradients over the ranks in backward(); while accumulating that can wait.
-                with no_gradient_sync(ddp_model, not steps):
-                    # 1. forward, 2. loss (autocast runs the forward pass in bf16/fp16 under mixed precision)
-                    with autocast(device, autocast_dtype):
-                        loss = F.cross_entropy(ddp_model(inputs), targets)
-                    non_finite.record(loss, inputs, epoch, global_step)  # checked at the logging cadence
-                    # 3. backward: gradients add up over `accumulate` batches, each loss scaled down to match
-                    #    one big batch (the same normalisation Lightning applies)
-                    scaler.scale(loss / accumulate).backward()
-                last_loss = loss.detach()
-                if not steps:
-                    continue  # keep accumulating
-
-                # 4. clip and step, 5. zero the gradients for the next window
-                scaler.unscale_(optimizer)  # clip true gradients, not loss-scaled ones
-                if summaries.histograms_due(tensorboard, epoch, batch_idx, accumulate):  # before zero_grad
-                    summaries.add_histograms(writer, model, global_step)
-                log_now = (global_step + 1) % log_every_n_steps == 0
-                if log_now:
-                    grads = [p.grad for p in model.parameters() if p.grad is not None]
-                    writer.add_scalar("train/grad_norm", torch.nn.utils.get_total_norm(grads).item(), global_step)
-                clip_gradients(model, clip_val, clip_algorithm)
-                learning_rate = optimizer.param_groups[0]["lr"]  # the rate this step uses
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                if schedule and schedule.interval == "step":
-                    schedule.scheduler.step()
-
-                # Reading a tensor's value (.item()) waits for the device: only at the logging cadence.
-                if log_now:
-                    non_finite.check(model)
-                    writer.add_scalar("train/loss", last_loss.item(), global_step)
-                    writer.add_scalar("lr", learning_rate, global_step)
-                    writer.add_scalar("epoch", epoch, global_step)
-                    batches.set_postfix(loss=f"{last_loss.item():.4f}")
-                global_step += 1
-                # SIGTERM/SIGINT (on any rank: under DDP all ranks must stop at the same step, or they would
-                # wait for each other forever): the step is done, save it and leave.
-                if any_rank(stop_requested() is not None, device):
-                    save_last(epoch, batch_idx + 1)
-                    writer.close()
-                    raise TrainingStopped.by_signal(stop_requested() or signal.SIGTERM, epoch, global_step,
-                                                    checkpoint_dir, "raw")
-
-            non_finite.check(model)
-            improved = False
-            # No validation of an epoch that max_steps cut short (Lightning skips it too).
-            if (epoch + 1) % trainer.check_val_every_n_epoch == 0 and epoch_finished:
-                val_metrics = evaluate(ddp_model, val_loader, val_batches, accuracy, device, param_dtype,
-                                       autocast_dtype)
-                # Logged at the index of the epoch's last optimizer step, where Lightning logs them too.
-                for name, value in val_metrics.items():
-                    writer.add_scalar(f"val/{name}", value, global_step - 1)
-                writer.add_scalar("epoch", epoch, global_step - 1)
-                score = val_metrics[monitor.removeprefix("val/")]
-                improved = best_score is None or (score > best_score if mode == "max" else score < best_score)
-                if improved:
-                    best_score = score  # the same on every rank: the metrics are reduced over all ranks
-                early_stopping.update(val_metrics)
-            if schedule and schedule.interval == "epoch":
-                step_epoch_scheduler(schedule, val_metrics)
-            # Training and validation; the checkpoint writes below are outside it, as in Lightning's EpochTimer.
-            epoch_times.append(time.perf_counter() - epoch_started)
-            if improved and world.is_main:
-                save_checkpoint({"engine": "raw", "model": model.state_dict(), "epoch": epoch,
-                                 "global_step": global_step, monitor: best_score,
-                                 "config": OmegaConf.to_yaml(cfg)}, checkpoint_dir / "best.ckpt")
-            epochs_done = epoch + 1
-            save_last(epochs_done, 0)
-            print(f"epoch {epoch}: train/loss {last_loss.item():.4f}"
-                  + "".join(f"  val/{k} {v:.4f}" for k, v in val_metrics.items()), flush=True)
-
-    # Test with the best weights, as Lightning's trainer.test(ckpt_path="best") does.
-    best_path = checkpoint_dir / "best.ckpt"
-    barrier()  # rank 0 has finished writing it
-    if best_path.is_file():
-        model.load_state_dict(model_state_dict(load_checkpoint(best_path)))
-    data.setup("test")
-    test_loader = data.test_dataloader()
-    test_batches = limit_batches(len(test_loader), trainer.limit_test_batches)
-    mistakes = summaries.Mistakes(tensorboard, cfg.data.num_classes, device)  # confusion matrix, wrong examples
-    test_metrics = evaluate(ddp_model, test_loader, test_batches, accuracy, device, param_dtype, autocast_dtype,
-                            observe=mistakes.update)
-    for name, value in test_metrics.items():
-        writer.add_scalar(f"test/{name}", value, global_step)
-    writer.add_scalar("epoch", epochs_done, global_step)
-    mistakes.write(writer, global_step)
-    summaries.add_hparams(writer, tensorboard, cfg)  # the run's settings beside its final metrics
-    writer.close()
-
+    trainer.train_started_at = time.perf_counter()  # start-up ends here (metrics.json: startup_s)
+    with stop_on_signals() as trainer.stop_requested:
+        fit_loop(trainer)
+    test_metrics = test_loop(trainer)
     return {
-        "device": str(device),
-        "epochs": epochs_done,
-        "global_step": global_step,
-        "train/loss": last_loss.item(),
-        **{f"val/{k}": v for k, v in val_metrics.items()},
-        "best_score": best_score,
-        "monitor": monitor,
+        "device": str(trainer.device),
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "train/loss": trainer.last_loss.item(),
+        **{f"val/{k}": v for k, v in trainer.val_metrics.items()},
+        "best_score": trainer.best_score,
+        "monitor": trainer.monitor,
         **{f"test/{k}": v for k, v in test_metrics.items()},
-        "epoch_times_s": [round(t, 4) for t in epoch_times],
-        "train_started_at": train_started_at,
+        "epoch_times_s": [round(t, 4) for t in trainer.epoch_times],
+        "train_started_at": trainer.train_started_at,
     }
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, num_batches: int, accuracy: MulticlassAccuracy,
-             device: torch.device, param_dtype: torch.dtype, autocast_dtype: torch.dtype | None,
-             observe: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None) -> dict[str, float]:
-    """Mean loss over samples and accuracy, in eval mode (dropout off, batch-norm running statistics).
-    `observe(inputs, logits, targets)`, if given, sees every batch (the test set's TensorBoard figures)."""
-    model.eval()
-    accuracy.reset()
-    loss_sum, count = torch.zeros((), device=device), torch.zeros((), device=device)
-    for inputs, targets in itertools.islice(loader, num_batches):
-        inputs = inputs.to(device, dtype=param_dtype, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        with autocast(device, autocast_dtype):
-            logits = model(inputs).float()
-        loss_sum += F.cross_entropy(logits, targets, reduction="sum")
-        count += len(targets)
-        accuracy.update(logits, targets)
-        if observe is not None:
-            observe(inputs, logits, targets)
-    reduce_sum(loss_sum, count)  # under DDP: over every rank's share of the data (accuracy syncs itself)
-    if count == 0:
-        return {"loss": float("nan"), "acc": float("nan")}
-    return {"loss": (loss_sum / count).item(), "acc": accuracy.compute().item()}
+class Trainer:
+    """What lightning.Trainer keeps between its loop phases, under Lightning's names. `fit` fills in the objects;
+    the settings the loop reads at every step are plain values here (an OmegaConf lookup costs tens of
+    microseconds, and a few per step add up to percents of a small model's step)."""
+
+    world: World
+    device: torch.device
+    precision: "Precision"
+    data: DataPipeline
+    train_loader: DataLoader
+    val_loader: DataLoader
+    num_training_batches: int
+    num_val_batches: int
+    model: nn.Module  # the plain model (models.py): what the checkpoints hold
+    ddp_model: nn.Module  # the same model wrapped by DistributedDataParallel under DDP, else the model itself
+    optimizer: torch.optim.Optimizer
+    schedule: task.Schedule | None
+    scaler: torch.amp.GradScaler
+    accuracy: Metric
+    early_stopping: "EarlyStopping"
+    non_finite: NonFiniteLossGuard
+    summaries: summaries.Summaries
+    logger: SummaryWriter | summaries.NullWriter
+    progress: tqdm  # this epoch's progress bar (disabled off a terminal)
+    stop_requested: Callable[[], int | None]
+    train_started_at: float
+
+    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+        self.cfg, self.run_dir = cfg, run_dir
+        settings = cfg.trainer
+        self.max_epochs, self.max_steps = settings.max_epochs, settings.max_steps
+        self.accumulate_grad_batches = settings.accumulate_grad_batches
+        self.gradient_clip_val = settings.gradient_clip_val
+        self.gradient_clip_algorithm = settings.gradient_clip_algorithm
+        self.check_val_every_n_epoch = settings.check_val_every_n_epoch
+        self.log_every_n_steps = settings.log_every_n_steps
+        self.monitor, self.mode = cfg.callbacks.model_checkpoint.monitor, cfg.callbacks.model_checkpoint.mode
+        self.checkpoint_dir = run_dir / "checkpoints"
+        # Progress: where the run is (restored from last.ckpt on resume).
+        self.current_epoch = 0  # the epoch being trained; after the loop, the number of epochs done
+        self.batches_done = 0  # batches of current_epoch already trained (a mid-epoch resume skips them)
+        self.global_step = 0  # optimizer steps done
+        self.best_score: float | None = None  # of `monitor`, in the epoch whose weights best.ckpt holds
+        self.should_stop = False  # set by early stopping
+        self.last_loss = torch.tensor(float("nan"))
+        self.learning_rate = 0.0  # of the latest optimizer step
+        self.val_metrics: dict[str, float] = {}
+        self.epoch_times: list[float] = []
 
 
-def check_trainer_keys(trainer: DictConfig) -> None:
-    unknown = sorted(set(trainer) - SUPPORTED_TRAINER_KEYS)
+def check_trainer_keys(settings: DictConfig) -> None:
+    unknown = sorted(set(settings) - SUPPORTED_TRAINER_KEYS)
     if unknown:
         raise UserError(f"trainer.{unknown[0]} is not implemented by engine=raw (it implements: "
                         f"{', '.join(sorted(SUPPORTED_TRAINER_KEYS))}); remove it or use engine=lightning")
 
+
+# -- device --
 
 def pick_device(accelerator: str, local_rank: int = 0) -> torch.device:
     """Lightning's accelerator names mapped to a torch.device ('auto' prefers CUDA, then MPS).
@@ -334,37 +177,180 @@ def pick_device(accelerator: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def parse_precision(precision: str, device: torch.device) -> tuple[torch.dtype, torch.dtype | None]:
-    """(dtype of the parameters, dtype autocast computes in or None) for Lightning's precision names."""
+def batch_to_device(batch: Batch, device: torch.device, precision: "Precision") -> Batch:
+    """LightningModule.transfer_batch_to_device (and, for 64-true, the precision plugin's cast of the inputs)."""
+    inputs, targets = batch
+    return inputs.to(device, dtype=precision.param_dtype, non_blocking=True), targets.to(device, non_blocking=True)
+
+
+# -- precision --
+
+class Precision(NamedTuple):
+    param_dtype: torch.dtype  # of the parameters and the inputs
+    autocast_dtype: torch.dtype | None  # what autocast computes in; None: no autocast
+
+
+PRECISIONS = {
+    "32-true": Precision(torch.float32, None),
+    "64-true": Precision(torch.float64, None),
+    "bf16-mixed": Precision(torch.float32, torch.bfloat16),
+    "16-mixed": Precision(torch.float32, torch.float16),  # launch.check_precision: CUDA only
+}
+
+
+def parse_precision(precision: str, device: torch.device) -> Precision:
+    """Lightning's precision names. (16-mixed off CUDA is refused for both engines in launch.check_precision.)"""
     if precision not in PRECISIONS:
         raise UserError(f"trainer.precision={precision!r} is not implemented by engine=raw: use one of "
                         f"{', '.join(PRECISIONS)}")
-    check_precision(precision, device.type)
     if precision == "64-true" and device.type == "mps":
         raise UserError("trainer.precision=64-true is not supported on mps: use 32-true")
-    return {
-        "32-true": (torch.float32, None),
-        "64-true": (torch.float64, None),
-        "bf16-mixed": (torch.float32, torch.bfloat16),
-        "16-mixed": (torch.float32, torch.float16),
-    }[precision]
+    return PRECISIONS[precision]
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """Mixed precision: ops that are safe in lower precision run in `dtype`; off when dtype is None."""
-    if dtype is None:
+def autocast(device: torch.device, precision: Precision):
+    """Mixed precision: ops that are safe in lower precision run in its dtype; off for the *-true precisions."""
+    if precision.autocast_dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(device.type, dtype=precision.autocast_dtype)
 
 
-def no_gradient_sync(model: nn.Module, skip: bool):
-    """DDP's no_sync(): gradients stay local to the rank for this forward/backward (accumulation)."""
+def set_deterministic(deterministic: bool | str) -> None:
+    """Trainer(deterministic=True | "warn" | False), set as Lightning sets it: deterministic kernels, with an error
+    (a warning) where an op has none; False switches them off again."""
+    torch.use_deterministic_algorithms(bool(deterministic), warn_only=deterministic == "warn")
+    if deterministic:
+        torch.backends.cudnn.benchmark = False
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"  # cuBLAS needs it to be deterministic
+
+
+# -- data --
+
+def limit_batches(num_batches: int, limit: int | float | None) -> int:
+    """Batches used per epoch under Lightning's `limit_*_batches`: an int counts batches, a float is a fraction."""
+    if limit is None:
+        return num_batches
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit < 0:
+        raise UserError(f"limit_*_batches={limit!r} is not valid: use a batch count (int) or a fraction (float)")
+    if isinstance(limit, int):
+        return min(num_batches, limit)
+    if limit > 1.0:
+        raise UserError(f"limit_*_batches={limit} is a fraction above 1.0: use at most 1.0, or an int batch count")
+    return int(num_batches * limit)
+
+
+# -- loop --
+
+def fit_loop(trainer: Trainer) -> None:
+    """Lightning's fit loop: epochs until max_epochs, max_steps or early stopping."""
+    for epoch in range(trainer.current_epoch, trainer.max_epochs):
+        if trainer.should_stop or max_steps_reached(trainer):
+            break
+        trainer.current_epoch = epoch
+        epoch_started = time.perf_counter()
+        finished = train_epoch(trainer)  # False: max_steps cut it short, and (as in Lightning) no validation
+        improved = False
+        if finished and (epoch + 1) % trainer.check_val_every_n_epoch == 0:
+            improved = validation_loop(trainer)
+        on_train_epoch_end(trainer, epoch_started, improved)
+
+
+def train_epoch(trainer: Trainer) -> bool:
+    """Lightning's training epoch loop: optimizer steps over the epoch's batches, `accumulate_grad_batches` batches
+    each. False when max_steps ended the run inside the epoch."""
+    trainer.train_loader.sampler.set_epoch(trainer.current_epoch)  # the shuffle order is a function of (seed, epoch)
+    trainer.model.train()
+    batches = itertools.islice(enumerate(trainer.train_loader), trainer.batches_done, trainer.num_training_batches)
+    with progress_bar(trainer, batches) as batches:
+        for window in accumulation_windows(batches, trainer.accumulate_grad_batches):
+            if max_steps_reached(trainer):
+                return False
+            optimizer_step(trainer, [batch for _, batch in window])
+            trainer.global_step += 1
+            trainer.batches_done = window[-1][0] + 1
+            on_train_batch_end(trainer)
+    trainer.batches_done = 0
+    return True
+
+
+def on_train_epoch_end(trainer: Trainer, epoch_started: float, improved: bool) -> None:
+    """After validation: the epoch-interval scheduler, the epoch's time, ModelCheckpoint's saves, the console line."""
+    if trainer.schedule and trainer.schedule.interval == "epoch":
+        lr_scheduler_step(trainer.schedule, trainer.val_metrics)
+    # Training and validation; the checkpoint writes below are outside it, as in Lightning's EpochTimer.
+    trainer.epoch_times.append(time.perf_counter() - epoch_started)
+    if improved:
+        trainer_save_checkpoint(trainer, "best.ckpt", weights_only=True)
+    trainer.current_epoch += 1  # epochs done: where a resume from this last.ckpt starts
+    trainer_save_checkpoint(trainer, "last.ckpt")
+    console.print_epoch(trainer.current_epoch - 1, {"train/loss": trainer.last_loss.item(),
+                                                    **{f"val/{k}": v for k, v in trainer.val_metrics.items()}})
+
+
+def max_steps_reached(trainer: Trainer) -> bool:
+    return 0 <= trainer.max_steps <= trainer.global_step
+
+
+def estimated_stepping_batches(trainer: Trainer) -> int:
+    """Optimizer steps in the whole run, as Lightning's `trainer.estimated_stepping_batches` (OneCycleLR's plan)."""
+    per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+    total = per_epoch * max(trainer.max_epochs, 1)
+    return min(total, trainer.max_steps) if trainer.max_steps not in (None, -1) else total
+
+
+# -- step --
+
+def training_step(trainer: Trainer, batch: Batch) -> torch.Tensor:
+    """LightningModule.training_step (task.py), with what the Trainer wraps around it: the batch moved to the
+    device, autocast, and the non-finite guard's record (on the device: no host sync)."""
+    inputs, targets = batch_to_device(batch, trainer.device, trainer.precision)
+    with autocast(trainer.device, trainer.precision):
+        loss = task.training_step(trainer.ddp_model, (inputs, targets))
+    trainer.non_finite.record(loss, inputs, trainer.current_epoch, trainer.global_step)
+    return loss
+
+
+def optimizer_step(trainer: Trainer, micro_batches: list[Batch]) -> None:
+    """One optimizer step on the gradients of `micro_batches`: Lightning's automatic optimization."""
+    for index, batch in enumerate(micro_batches):
+        with no_backward_sync(trainer.ddp_model, index < len(micro_batches) - 1):
+            loss = training_step(trainer, batch)  # 1. forward, 2. loss
+            trainer.scaler.scale(loss / trainer.accumulate_grad_batches).backward()  # 3. backward
+    trainer.scaler.unscale_(trainer.optimizer)  # the true gradients, for clipping and logging (a no-op unless fp16)
+    on_before_optimizer_step(trainer)
+    clip_gradients(trainer.model, trainer.gradient_clip_val, trainer.gradient_clip_algorithm)
+    trainer.learning_rate = trainer.optimizer.param_groups[0]["lr"]  # the rate this step uses
+    trainer.scaler.step(trainer.optimizer)  # 4. step (skipped by the scaler if fp16 gradients overflowed)
+    trainer.scaler.update()
+    trainer.optimizer.zero_grad(set_to_none=True)  # 5. zero the gradients for the next step
+    if trainer.schedule and trainer.schedule.interval == "step":
+        trainer.schedule.scheduler.step()
+    trainer.last_loss = loss.detach()
+
+
+# -- accumulation --
+
+def accumulation_windows(batches: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Consecutive groups of `size` batches, one optimizer step each; the epoch's last group may be shorter and
+    steps too. Each loss is divided by `size` (optimizer_step), as Lightning normalises it: the gradients of a
+    window add up to those of one batch `size` times larger."""
+    batches = iter(batches)
+    while window := list(itertools.islice(batches, size)):
+        yield window
+
+
+def no_backward_sync(model: nn.Module, skip: bool):
+    """DDP's no_sync(): the gradients of a micro-batch that does not step stay local to the rank; the window's
+    last backward averages the accumulated sums over the ranks at once."""
     if skip and isinstance(model, DistributedDataParallel):
         return model.no_sync()
     return contextlib.nullcontext()
 
 
+# -- clipping --
+
 def clip_gradients(model: nn.Module, clip_val: float | None, algorithm: str) -> None:
+    """Trainer(gradient_clip_val, gradient_clip_algorithm): after unscaling, before the optimizer step."""
     if not clip_val:
         return
     if algorithm == "norm":
@@ -375,20 +361,86 @@ def clip_gradients(model: nn.Module, clip_val: float | None, algorithm: str) -> 
         raise UserError(f"trainer.gradient_clip_algorithm={algorithm!r} is not valid: use 'norm' or 'value'")
 
 
-def step_epoch_scheduler(schedule: Schedule, val_metrics: dict[str, float]) -> None:
-    """Epoch-interval schedulers step after validation; ReduceLROnPlateau reads the monitored metric."""
+# -- scheduler --
+
+def lr_scheduler_step(schedule: task.Schedule, val_metrics: dict[str, float]) -> None:
+    """An epoch-interval scheduler steps after validation; ReduceLROnPlateau reads the monitored metric.
+    (A step-interval one steps after each optimizer step, in optimizer_step.)"""
     if isinstance(schedule.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         value = val_metrics.get(schedule.monitor.removeprefix("val/"))
-        if value is None:
-            return  # no validation this epoch: nothing to compare
-        schedule.scheduler.step(value)
+        if value is not None:  # None: no validation yet, nothing to compare
+            schedule.scheduler.step(value)
     else:
         schedule.scheduler.step()
 
 
+# -- validation --
+
+def validation_loop(trainer: Trainer) -> bool:
+    """Lightning's validation loop at the end of an epoch, then what ModelCheckpoint(monitor) and EarlyStopping
+    do with its metrics. Returns whether the monitored metric improved (best.ckpt is then rewritten)."""
+    trainer.val_metrics = evaluation_loop(trainer.ddp_model, trainer.val_loader, trainer.num_val_batches,
+                                          trainer.accuracy, trainer.device, trainer.precision)
+    for name, value in trainer.val_metrics.items():  # at the index of the epoch's last step, as Lightning logs them
+        trainer.logger.add_scalar(f"val/{name}", value, trainer.global_step - 1)
+    trainer.logger.add_scalar("epoch", trainer.current_epoch, trainer.global_step - 1)
+    score = trainer.val_metrics[trainer.monitor.removeprefix("val/")]  # the same on every rank: reduced over all
+    best = trainer.best_score
+    improved = best is None or (score > best if trainer.mode == "max" else score < best)
+    if improved:
+        trainer.best_score = score
+    trainer.early_stopping.update(trainer.val_metrics)
+    trainer.should_stop = trainer.early_stopping.should_stop
+    return improved
+
+
+def test_loop(trainer: Trainer) -> dict[str, float]:
+    """Trainer.test(ckpt_path="best"): the test set with the best weights, and its TensorBoard figures."""
+    best_path = trainer.checkpoint_dir / "best.ckpt"
+    barrier()  # rank 0 has finished writing it
+    if best_path.is_file():
+        trainer.model.load_state_dict(model_state_dict(load_checkpoint(best_path)))
+    trainer.data.setup("test")
+    test_loader = trainer.data.test_dataloader()
+    num_test_batches = limit_batches(len(test_loader), trainer.cfg.trainer.limit_test_batches)
+    trainer.summaries.on_test_start(trainer.device)
+    metrics = evaluation_loop(trainer.ddp_model, test_loader, num_test_batches, trainer.accuracy, trainer.device,
+                              trainer.precision, observe=trainer.summaries.on_test_batch_end)
+    for name, value in metrics.items():
+        trainer.logger.add_scalar(f"test/{name}", value, trainer.global_step)
+    trainer.logger.add_scalar("epoch", trainer.current_epoch, trainer.global_step)
+    # The confusion matrix (computed on every rank), the misclassified examples, the hparams: written by rank 0.
+    trainer.summaries.on_test_end(trainer.logger if trainer.world.is_main else None, trainer.global_step)
+    trainer.logger.close()
+    return metrics
+
+
+@torch.no_grad()
+def evaluation_loop(model: nn.Module, loader: DataLoader, num_batches: int, accuracy: Metric, device: torch.device,
+                    precision: Precision, observe: Callable[..., None] | None = None) -> dict[str, float]:
+    """Mean loss over samples and accuracy, in eval mode (dropout off, batch-norm running statistics), from
+    LightningModule.validation_step / test_step (task.py). `observe(inputs, logits, targets)` sees every batch."""
+    model.eval()
+    accuracy.reset()
+    loss_sum, count = torch.zeros((), device=device), torch.zeros((), device=device)
+    for batch in itertools.islice(loader, num_batches):
+        inputs, targets = batch_to_device(batch, device, precision)
+        with autocast(device, precision):
+            batch_loss_sum, logits = task.evaluation_step(model, (inputs, targets))
+        loss_sum += batch_loss_sum
+        count += len(targets)
+        accuracy.update(logits, targets)
+        if observe is not None:
+            observe(inputs, logits, targets)
+    reduce_sum(loss_sum, count)  # under DDP: over every rank's share of the data (accuracy syncs itself)
+    if count == 0:
+        return {"loss": float("nan"), "acc": float("nan")}
+    return {"loss": (loss_sum / count).item(), "acc": accuracy.compute().item()}
+
+
 class EarlyStopping:
-    """Stop when `monitor` has not improved by more than `min_delta` for `patience` validations
-    (Lightning's EarlyStopping rule). Disabled when callbacks.early_stopping is null."""
+    """Lightning's EarlyStopping rule: stop when `monitor` has not improved by more than `min_delta` for `patience`
+    validations. Disabled when callbacks.early_stopping is null."""
 
     def __init__(self, monitor: str | None = None, mode: str = "min", patience: int = 3, min_delta: float = 0.0):
         self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, abs(min_delta)
@@ -426,8 +478,114 @@ class EarlyStopping:
         self.best, self.wait, self.should_stop = state["best"], state["wait"], state["should_stop"]
 
 
+# -- non-finite loss --
+# guards.NonFiniteLossGuard: training_step records each loss on the device; it is read back (one host sync) at the
+# logging cadence (on_train_batch_end) and before every checkpoint write, and stops the run naming epoch and step.
+
+
+# -- checkpoints --
+
+def trainer_save_checkpoint(trainer: Trainer, name: str, weights_only: bool = False) -> None:
+    """Trainer.save_checkpoint: last.ckpt holds everything to resume exactly; best.ckpt (weights_only) the model.
+    Rank 0 writes; the write is atomic (checkpoint.py)."""
+    trainer.non_finite.check(trainer.model)  # never overwrite the last good state with a broken one
+    if not trainer.world.is_main:
+        return
+    state = {"engine": "raw", "model": trainer.model.state_dict(), "config": OmegaConf.to_yaml(trainer.cfg)}
+    if weights_only:
+        state |= {"epoch": trainer.current_epoch, "global_step": trainer.global_step,
+                  trainer.monitor: trainer.best_score}
+    else:
+        state |= {
+            "progress": {"epoch": trainer.current_epoch, "batches_done": trainer.batches_done,
+                         "global_step": trainer.global_step, "best_score": trainer.best_score},
+            "optimizer": trainer.optimizer.state_dict(),
+            "scheduler": trainer.schedule.scheduler.state_dict() if trainer.schedule else None,
+            "scaler": trainer.scaler.state_dict(),
+            "early_stopping": trainer.early_stopping.state_dict(),
+            "rng": get_rng_state(),  # dropout masks after a resume are the ones the straight run draws
+            "data_order": {"seed": trainer.cfg.seed, "epoch": trainer.current_epoch,
+                           "batches_done": trainer.batches_done},
+            "versions": {"torch": str(torch.__version__), "python": sys.version.split()[0]},
+        }
+    save_checkpoint(state, trainer.checkpoint_dir / name)
+
+
+def restore_checkpoint(trainer: Trainer, path: Path) -> None:
+    """What Trainer.fit(ckpt_path=...) restores: weights, optimizer, scheduler, scaler, early stopping, the loop's
+    progress and (unlike Lightning, which does not save them) the random generators."""
+    state = load_checkpoint(path)
+    if state.get("engine") != "raw":
+        raise UserError(f"ckpt_path={path} was written by engine={state.get('engine', 'lightning')}: "
+                        "resume it with that engine (its weights load anywhere with checkpoint.model_state_dict)")
+    if "progress" not in state:
+        raise UserError(f"ckpt_path={path} holds only the best weights, not the training state: resume "
+                        "from last.ckpt (ckpt_path=last)")
+    trainer.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    if trainer.schedule:
+        task.check_resumable(state["scheduler"], estimated_stepping_batches(trainer))
+        trainer.schedule.scheduler.load_state_dict(state["scheduler"])
+    trainer.scaler.load_state_dict(state["scaler"])
+    trainer.early_stopping.load_state_dict(state["early_stopping"])
+    progress = state["progress"]
+    trainer.current_epoch, trainer.batches_done = progress["epoch"], progress["batches_done"]
+    trainer.global_step, trainer.best_score = progress["global_step"], progress["best_score"]
+    set_rng_state(state["rng"])
+
+
+# -- logging --
+
+def setup_logger(trainer: Trainer) -> SummaryWriter | summaries.NullWriter:
+    """TensorBoardLogger: rank 0 writes events to <run>/tensorboard/ (launch.py wrote hparams.yaml there), the other
+    ranks get a writer that writes nothing. purge_step drops the events a crashed run logged after its checkpoint,
+    so that the curves of a resumed run continue cleanly."""
+    if not trainer.world.is_main:
+        return summaries.NullWriter()
+    writer = SummaryWriter(trainer.run_dir / trainer.cfg.logger.tensorboard.subdir,
+                           purge_step=trainer.global_step or None)
+    trainer.summaries.on_train_start(writer, trainer.model, trainer.data.train_set, trainer.global_step)
+    return writer
+
+
+def on_before_optimizer_step(trainer: Trainer) -> None:
+    """After backward and unscaling, before clipping: the gradients as TensorBoard shows them (histograms on their
+    epochs, the norm at the logging cadence)."""
+    trainer.summaries.on_before_optimizer_step(trainer.logger, trainer.model, trainer.current_epoch,
+                                               trainer.batches_done, trainer.accumulate_grad_batches,
+                                               trainer.global_step)
+    if (trainer.global_step + 1) % trainer.log_every_n_steps == 0:
+        trainer.logger.add_scalar("train/grad_norm", summaries.gradient_norm(trainer.model).item(), trainer.global_step)
+
+
+def on_train_batch_end(trainer: Trainer) -> None:
+    """After each optimizer step: the scalars Lightning's logger connector writes every log_every_n_steps (reading
+    a tensor's value waits for the device: only then), and the stop signal."""
+    step = trainer.global_step - 1  # the index of the step just taken
+    if trainer.global_step % trainer.log_every_n_steps == 0:
+        trainer.non_finite.check(trainer.model)
+        loss = trainer.last_loss.item()
+        trainer.logger.add_scalar("train/loss", loss, step)
+        trainer.logger.add_scalar("lr", trainer.learning_rate, step)
+        trainer.logger.add_scalar("epoch", trainer.current_epoch, step)
+        trainer.progress.set_postfix(loss=f"{loss:.4f}")
+    check_stop_signal(trainer)
+
+
 @contextlib.contextmanager
-def stop_on_signals():
+def progress_bar(trainer: Trainer, batches: Iterable[Any]) -> Iterator[Iterable[Any]]:
+    """TQDMProgressBar: on a terminal only (console.py); the same bar Lightning draws."""
+    total = trainer.num_training_batches - trainer.batches_done
+    with tqdm(batches, total=total, desc=f"Epoch {trainer.current_epoch}", unit="batch", leave=False,
+              disable=not console.progress_bar_enabled(trainer.cfg.trainer)) as bar:
+        trainer.progress = bar
+        yield bar
+
+
+# -- signals --
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[Callable[[], int | None]]:
     """SIGTERM and SIGINT (Ctrl-C) ask the loop to stop after the current step instead of killing it.
 
     Yields a function that returns the signal received, or None. A second Ctrl-C stops at once.
@@ -445,3 +603,24 @@ def stop_on_signals():
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def check_stop_signal(trainer: Trainer) -> None:
+    """The step is done: save last.ckpt (mid-epoch) and leave. Under DDP a signal on any rank stops all of them at
+    the same step, or they would wait for each other forever."""
+    if any_rank(trainer.stop_requested() is not None, trainer.device):
+        trainer_save_checkpoint(trainer, "last.ckpt")
+        trainer.logger.close()
+        raise TrainingStopped.by_signal(trainer.stop_requested() or signal.SIGTERM, trainer.current_epoch,
+                                        trainer.global_step, trainer.checkpoint_dir, "raw")
+
+
+# -- DDP --
+# distributed.py starts one process per device and joins the process group; the data pipeline gives each rank its
+# DistributedSampler share; evaluation_loop adds up loss sums over the ranks (reduce_sum) and the accuracy metric
+# syncs itself; rank 0 alone writes checkpoints and events.
+
+def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """Every rank holds a whole copy of the model; backward() averages the gradients over the ranks, and forward()
+    gives every rank rank 0's batch-norm statistics."""
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

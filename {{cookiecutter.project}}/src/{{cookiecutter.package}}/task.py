@@ -1,0 +1,83 @@
+"""What both engines do identically: the training step, the evaluation step, the metric, the optimizer and
+its schedule. engines/raw.py calls these from its loop, engines/lightning.py from its LightningModule: a change
+to the loss, the metric or the optimizer is one edit here.
+"""
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from .errors import UserError
+
+# Keys of configs/scheduler/*.yaml that are ours, not the scheduler's: how the engines drive it.
+SCHEDULER_DRIVER_KEYS = ("interval", "monitor")
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # (images, class indices)
+
+
+def training_step(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """A batch -> the loss to minimise (the mean over the batch)."""
+    inputs, targets = batch
+    return F.cross_entropy(model(inputs), targets)
+
+
+def evaluation_step(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch -> (the sum of its per-sample losses, the logits). Sums add up over batches and ranks into the
+    mean over samples; the logits feed the accuracy (and, on the test set, the confusion matrix)."""
+    inputs, targets = batch
+    logits = model(inputs).float()  # float32 statistics also under bf16/fp16 autocast
+    return F.cross_entropy(logits, targets, reduction="sum"), logits
+
+
+def accuracy(num_classes: int) -> MulticlassAccuracy:
+    """The share of samples whose largest logit is the true class; under DDP it adds up every rank's counts."""
+    return MulticlassAccuracy(num_classes=num_classes, average="micro")
+
+
+@dataclass
+class Schedule:
+    """A scheduler and how to drive it: after every optimizer `step` or every `epoch`, reading `monitor`."""
+
+    scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
+    interval: str
+    monitor: str | None
+
+
+def configure_optimizers(cfg: DictConfig, model: nn.Module, total_steps: int) -> tuple[torch.optim.Optimizer,
+                                                                                        Schedule | None]:
+    """The optimizer of configs/optimizer/ and the schedule of configs/scheduler/ (None for scheduler=none).
+
+    `total_steps` is the number of optimizer steps in the run (Lightning's `estimated_stepping_batches`): a
+    scheduler that takes `total_steps` (OneCycleLR) and was not given one gets it.
+    """
+    optimizer = instantiate(cfg.optimizer)(model.parameters())
+    scheduler_cfg = cfg.scheduler
+    if scheduler_cfg is None or scheduler_cfg.get("_target_") is None:
+        return optimizer, None
+    interval, monitor = scheduler_cfg.get("interval", "epoch"), scheduler_cfg.get("monitor")
+    if interval not in ("step", "epoch"):
+        raise UserError(f"scheduler.interval={interval!r} is not valid: use 'step' or 'epoch'")
+    factory = instantiate({k: v for k, v in scheduler_cfg.items() if k not in SCHEDULER_DRIVER_KEYS})
+    kwargs = {}
+    if "total_steps" in inspect.signature(factory.func).parameters and "total_steps" not in factory.keywords:
+        kwargs["total_steps"] = total_steps
+    scheduler = factory(optimizer, **kwargs)
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and not monitor:
+        raise UserError("scheduler=plateau needs scheduler.monitor, the metric it reads (e.g. val/loss)")
+    return optimizer, Schedule(scheduler, interval, monitor)
+
+
+def check_resumable(saved_scheduler_state: dict | None, total_steps: int) -> None:
+    """A schedule planned for a fixed number of steps (OneCycleLR) cannot be stretched on resume."""
+    saved_total = (saved_scheduler_state or {}).get("total_steps")
+    if saved_total is not None and saved_total != total_steps:
+        raise UserError(f"the checkpoint's OneCycleLR was planned for {saved_total} steps, this run has {total_steps}: "
+                        "resume with the original trainer.max_epochs/max_steps, or use a scheduler that does not "
+                        "plan ahead (scheduler=cosine, step, plateau or none)")
+

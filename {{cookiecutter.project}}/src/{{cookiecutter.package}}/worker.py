@@ -1,0 +1,38 @@
+"""One worker of a DDP run that train.py launched itself: `python -m {{ cookiecutter.package }}.worker CONFIG RUN_DIR`.
+
+distributed.launch_workers starts `trainer.devices` of these with torch elastic, as torchrun would. Each loads
+the composed config from CONFIG instead of running Hydra again, joins the process group and trains into RUN_DIR
+through launch.train, as a process started by torchrun does.
+"""
+
+import time
+
+STARTED = time.perf_counter()  # metrics.json startup_s counts from the worker's own start
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from omegaconf import OmegaConf  # noqa: E402
+
+from .distributed import record_error  # noqa: E402
+from .errors import TrainingStopped, UserError  # noqa: E402
+from .launch import train  # noqa: E402
+
+
+def main(config_file: str, run_dir: str) -> int:
+    try:
+        train(OmegaConf.load(config_file), Path(run_dir), started=STARTED)
+    except UserError as err:
+        record_error(err)  # the launching process prints it, once for all ranks
+        return 1
+    except TrainingStopped as stop:
+        print(stop, file=sys.stderr)
+        return stop.exit_code
+    except BaseException as err:
+        record_error(err)
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:]))

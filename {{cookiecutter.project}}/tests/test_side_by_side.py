@@ -1,0 +1,134 @@
+"""The two engine files can be read side by side, and the package's modules form no import circle.
+
+What COMPARISON.md promises about the shape of the code: the same `# -- section --` markers in the same order in
+both engines, a raw `fit` that fits on one screen, a Lightning engine as short as Lightning allows, the task
+written once, and imports that go one way (launch.py at the top, nothing below it importing it).
+"""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+from conftest import PROJECT_ROOT
+
+from {{ cookiecutter.package }}.comparison import code_lines
+
+PACKAGE_DIR = PROJECT_ROOT / "src" / "{{ cookiecutter.package }}"
+ENGINES = {engine: PACKAGE_DIR / "engines" / f"{engine}.py" for engine in ("raw", "lightning")}
+MARKER = re.compile(r"^\s*# -- (?P<name>[^-].*?) --\s*$")
+# The order the engines follow (DESIGN): the run, then the concerns in the order a step meets them.
+SECTIONS = ["fit", "device", "precision", "data", "loop", "step", "accumulation", "clipping", "scheduler",
+            "validation", "non-finite loss", "checkpoints", "logging", "signals", "DDP"]
+FIT_MAX_LINES = 60  # one screen
+# Not blank, comment or docstring: about 80 for the idiomatic core (imports, fit, the Trainer's arguments, the
+# LightningModule) and 60 for the parity callbacks; a limit that keeps the file from growing.
+LIGHTNING_MAX_CODE_LINES = 140
+
+
+def section_markers(text: str) -> list[str]:
+    return [m["name"] for line in text.splitlines() if (m := MARKER.match(line))]
+
+
+def test_both_engines_carry_the_same_section_markers_in_the_same_order():
+    markers = {engine: section_markers(path.read_text()) for engine, path in ENGINES.items()}
+    assert markers["raw"] == SECTIONS
+    assert markers["lightning"] == SECTIONS
+
+
+def test_the_marker_check_sees_a_difference_in_names_and_in_order():
+    raw = "# -- fit --\ndef fit(): ...\n# -- device --\n    # -- loop --\n"
+    assert section_markers(raw) == ["fit", "device", "loop"]
+    assert section_markers(raw.replace("device", "devices")) != section_markers(raw)
+    assert section_markers("# -- device --\n# -- fit --\n") != ["fit", "device"]
+    assert section_markers("# ----------\n# -- not a marker --  # trailing\n") == []
+
+
+def function_lines(path: Path, name: str) -> int:
+    [node] = [n for n in ast.parse(path.read_text()).body if isinstance(n, ast.FunctionDef) and n.name == name]
+    return node.end_lineno - node.lineno + 1
+
+
+def test_the_raw_fit_fits_on_one_screen_and_lightning_stays_short():
+    assert function_lines(ENGINES["raw"], "fit") <= FIT_MAX_LINES
+    assert code_lines(ENGINES["lightning"]) <= LIGHTNING_MAX_CODE_LINES
+
+
+def test_the_five_basic_steps_stand_together_in_one_short_function():
+    source = ENGINES["raw"].read_text()
+    [step] = [n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == "optimizer_step"]
+    body = ast.get_source_segment(source, step)
+    for basic_step in ("1. forward", "2. loss", "3. backward", "4. step", "5. zero the gradients"):
+        assert basic_step in body, basic_step
+    assert step.end_lineno - step.lineno + 1 <= 25
+
+
+def test_the_loss_the_metric_and_the_optimizer_are_written_once():
+    """Neither engine computes the loss or builds the optimizer itself: both call task.py."""
+    for engine, path in ENGINES.items():
+        source = path.read_text()
+        for written_once in ("cross_entropy", "instantiate(", "MulticlassAccuracy("):
+            assert written_once not in source, f"engines/{engine}.py: {written_once}"
+        for shared in ("task.training_step(", "task.evaluation_step(", "task.configure_optimizers(", "task.accuracy("):
+            assert shared in source, f"engines/{engine}.py does not call {shared}"
+
+
+def package_imports() -> dict[str, set[str]]:
+    """module -> the package modules it imports, anywhere in the file (imports inside functions count too)."""
+    modules = {path.relative_to(PACKAGE_DIR).with_suffix("").as_posix().replace("/", ".").removesuffix(".__init__"):
+               path for path in PACKAGE_DIR.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name.rsplit(".", 1)[0] if path.name != "__init__.py" and "." in name else \
+            (name if path.name == "__init__.py" else "")
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package.split(".") if package else []
+                base = base[:len(base) - (node.level - 1)] if node.level > 1 else base
+                target = ".".join([*base, *(node.module.split(".") if node.module else [])])
+                candidates = [target] if node.module else []
+                candidates += [f"{target}.{alias.name}".lstrip(".") for alias in node.names]
+                imported |= {c for c in candidates if c in modules and c != name}
+        graph[name] = imported
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    visiting, done = [], set()
+
+    def visit(node: str) -> list[str] | None:
+        if node in visiting:
+            return [*visiting[visiting.index(node):], node]
+        if node in done:
+            return None
+        visiting.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if cycle := visit(nxt):
+                return cycle
+        visiting.pop()
+        done.add(node)
+        return None
+
+    for start in sorted(graph):
+        if cycle := visit(start):
+            return cycle
+    return None
+
+
+def test_the_package_modules_import_each_other_without_a_circle():
+    graph = package_imports()
+    assert {"launch", "engines.raw", "engines.lightning", "task", "distributed", "worker"} <= set(graph)
+    assert "engines.raw" in graph["launch"] and "task" in graph["engines.raw"]  # the parser sees both kinds
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+    importers_of_launch = sorted(name for name, imported in graph.items() if "launch" in imported)
+    assert importers_of_launch == ["worker"], "launch.py is the top: only the DDP worker entry point imports it"
+
+
+@pytest.mark.parametrize(("graph", "cycle"), [
+    ({"a": {"b"}, "b": {"c"}, "c": set()}, None),
+    ({"a": {"b"}, "b": {"a"}}, ["a", "b", "a"]),
+    ({"a": {"b"}, "b": {"c"}, "c": {"b"}}, ["b", "c", "b"]),
+])
+def test_the_circle_finder(graph, cycle):
+    assert find_cycle(graph) == cycle
