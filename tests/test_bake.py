@@ -1,6 +1,8 @@
 """Bake the template with its defaults and with each value of every option; refuse every bad input."""
 
 import ast
+import json
+import os
 import re
 import subprocess
 import sys
@@ -149,8 +151,18 @@ def test_quotes_backslashes_and_unicode_bake_into_valid_files(cookies):
     assert ast.literal_eval(assignment.value) == ODD_TEXT["project_name"]
 
 
+LONG = "x" * 5000
 INVALID = [
     ({"project": "my project"}, "project 'my project' is not a valid folder/distribution name"),
+    ({"project": "a/b"}, "project 'a/b' is not a valid folder/distribution name"),
+    ({"project": LONG}, f"project {LONG[:40]!r}... (5000 characters) is longer than 100 characters"),
+    ({"package": LONG}, f"package {LONG[:40]!r}... (5000 characters) is longer than 100 characters"),
+    ({"project_name": LONG}, "project_name 'xxxxxxxx"),
+    *(({"package": name}, f"package {name!r} would shadow the module {name!r}") for name in (
+        "scipy", "typing_extensions", "sitecustomize", "setuptools", "pip", "jinja2", "yaml")),
+    ({"package": "_"}, "package '_' is not a lower-case Python identifier"),
+    ({"package": "__main__"}, "package '__main__' is not a lower-case Python identifier"),
+    ({"package": "_private"}, "package '_private' is not a lower-case Python identifier"),
     ({"project": "-lead"}, "project '-lead' is not a valid folder/distribution name"),
     ({"package": "torch"}, "package 'torch' would shadow the module 'torch'"),
     ({"package": "lightning"}, "package 'lightning' would shadow the module 'lightning'"),
@@ -163,22 +175,158 @@ INVALID = [
     ({"package": "class"}, "package 'class' is a Python keyword"),
     ({"email": "not-an-email"}, "email 'not-an-email' is not an email address"),
     ({"description": "two\nlines"}, "description 'two\\nlines' must be one line of printable text"),
-    ({"project_name": " "}, "project_name is empty"),
+    ({"project_name": " "}, "project_name ' ' is empty"),
 ]
 
 
 @pytest.mark.parametrize(("context", "message"), INVALID, ids=[str(c) for c, _ in INVALID])
-def test_bad_input_is_refused_with_one_clear_line(cookies, capfd, tmp_path, context, message):
+def test_bad_input_is_refused_with_one_clear_line(cookies, tmp_path, context, message):
+    """Refused by the template's Jinja extension before anything is rendered: the bake's folder stays empty."""
     result = cookies.bake(template=str(TEMPLATE), extra_context=context)
     assert result.exit_code != 0
-    errors = [line for line in capfd.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and message in errors[0], errors
-    baked = [p for p in (tmp_path / "cookies").rglob("*")]
-    assert not [p for p in baked if p.is_file()], f"left behind: {baked}"
+    error = str(result.exception)
+    assert error.startswith("error: ") and "\n" not in error and message in error, error
+    left = [p for p in (tmp_path / "cookies").rglob("*")]  # not even an empty folder (project=a/b once left a/)
+    assert not left, f"left behind: {left}"
 
 
-def test_template_markers_typed_at_the_prompt_are_refused(monkeypatch, capfd, tmp_path, _cookiecutter_config_file):
-    """At the prompt cookiecutter keeps what was typed as it is: the hook refuses the markers."""
+def test_the_rules_run_again_on_the_rendered_values_in_the_pre_generate_hook(tmp_path):
+    """The hook is the second line: it refuses the same values with the same line, whatever reaches it."""
+    hook = (TEMPLATE / "hooks" / "pre_gen_project.py").read_text()
+    values = {"project_name": "ok", "project": "ok", "package": "pip", "description": "d", "author": "a", "email": ""}
+    rendered = re.sub(r"\{\{ cookiecutter\.(\w+) \| quoted \}\}", lambda m: json.dumps(
+        str(TEMPLATE) if m[1] == "_repo_dir" else values[m[1]]), hook)
+    script = tmp_path / "pre_gen_project.py"
+    script.write_text(rendered)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip() == ("error: package 'pip' would shadow the module 'pip' that the project or its "
+                                     "dependencies import: choose another import name (e.g. 'pip_project')")
+    script.write_text(rendered.replace('"pip"', '"fine_name"'))
+    assert subprocess.run([sys.executable, str(script)], timeout=60).returncode == 0
+
+
+# The classic server-side template injection payloads: each would run code (or leak internals) if rendered.
+INJECTIONS = [
+    "{{ cycler.__init__.__globals__.os.system('touch MARK') }}",
+    "{{ joiner.__init__.__globals__.os.system('touch MARK') }}",
+    "{{ lipsum.__globals__['os'].system('touch MARK') }}",
+    "{{ namespace.__init__.__globals__.os.system('touch MARK') }}",
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "{{ self.__init__.__globals__ }}",
+    "{{ config }}",
+    "{% for x in range(3) %}{{ x }}{% endfor %}",
+    "Model {{ 7*7 }}",
+]
+
+
+def refusal(value: str, key: str = "project_name") -> str:
+    """The one line a refused value gets: long values are quoted by their start and their length."""
+    marker = next(m for m in ("{{", "{%", "{#") if m in value)
+    quoted = repr(value) if len(value) <= 60 else f"{value[:40]!r}... ({len(value)} characters)"
+    return f"error: {key} {quoted} contains {marker!r}: template markers are not allowed in values"
+
+
+@pytest.mark.parametrize("payload", INJECTIONS)
+def test_a_template_injection_on_the_command_line_is_refused_before_it_is_rendered(tmp_path, payload):
+    """`cookiecutter --no-input . key=value` renders values as Jinja: the template refuses them first."""
+    payload = payload.replace("MARK", str(tmp_path / "ran"))
+    result = subprocess.run([sys.executable, "-m", "cookiecutter", "--no-input", "-o", str(tmp_path / "out"),
+                             str(TEMPLATE), f"project_name={payload}"], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "COOKIECUTTER_CONFIG": str(cookiecutter_config(tmp_path))})
+    assert result.returncode == 1
+    assert result.stdout.strip() == refusal(payload) and "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_template_injection_typed_at_the_prompt_is_refused(tmp_path):
+    """At the prompt cookiecutter keeps what was typed as it is; the template refuses it before writing."""
+    payload = INJECTIONS[0].replace("MARK", str(tmp_path / "ran"))
+    answers = "\n".join([payload, "", "", "", "", "", "", "", "", ""]) + "\n"
+    result = subprocess.run([sys.executable, "-m", "cookiecutter", "-o", str(tmp_path / "out"), str(TEMPLATE)],
+                            input=answers, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "COOKIECUTTER_CONFIG": str(cookiecutter_config(tmp_path))})
+    assert result.returncode == 1
+    assert result.stdout.strip().splitlines()[-1].endswith(refusal(payload))
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_template_injection_in_a_replay_file_is_refused(tmp_path):
+    payload = INJECTIONS[0].replace("MARK", str(tmp_path / "ran"))
+    replay = tmp_path / "replay.json"
+    context = {**{k: v for k, v in CONTEXT.items() if not k.startswith("__")}, "project_name": payload,
+               "project": "evil", "package": "evil", "dataset": "digits", "default_engine": "lightning",
+               "license": "MIT"}
+    replay.write_text(json.dumps({"cookiecutter": context}))
+    result = subprocess.run([sys.executable, "-m", "cookiecutter", "--replay-file", str(replay), "-o",
+                             str(tmp_path / "out"), str(TEMPLATE)], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "COOKIECUTTER_CONFIG": str(cookiecutter_config(tmp_path))})
+    assert result.returncode == 1 and result.stdout.strip() == refusal(payload), result.stdout + result.stderr
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("payload", INJECTIONS[:7])
+def test_every_environment_of_the_bake_is_sandboxed(payload, tmp_path):
+    """The second defence: should a marker reach Jinja, the sandbox refuses what the payloads need."""
+    from cookiecutter.utils import create_env_with_context
+    from jinja2.exceptions import SecurityError, UndefinedError
+
+    sys.path.insert(0, str(TEMPLATE))  # as cookiecutter does to load local_extensions
+    try:
+        env = create_env_with_context({"cookiecutter": {"_extensions": CONTEXT["_extensions"]}})
+        with pytest.raises((SecurityError, UndefinedError)):
+            env.from_string(payload.replace("MARK", str(tmp_path / "ran"))).render(cookiecutter={})
+        assert env.from_string("{{ cookiecutter.name | slugify }}").render(cookiecutter={"name": "A B"}) == "a-b"
+    finally:
+        sys.path.remove(str(TEMPLATE))
+    assert not (tmp_path / "ran").exists()
+
+
+def test_the_shadowed_names_cover_every_module_the_dependencies_install(default_bake):
+    """A package named like any top-level module of the project's dependencies (transitively, as installed here
+    from the pins) would shadow it: local_extensions.SHADOWED must list them all."""
+    import importlib.metadata as metadata
+
+    sys.path.insert(0, str(TEMPLATE))
+    try:
+        from local_extensions import SHADOWED
+    finally:
+        sys.path.remove(str(TEMPLATE))
+
+    def normal(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    project = tomllib.loads((default_bake / "pyproject.toml").read_text())["project"]
+    pending = [re.split(r"[ ;<>=!~\[(]", requirement, maxsplit=1)[0] for requirement in
+               [*project["dependencies"], *project["optional-dependencies"]["dev"]]]
+    installed: set[str] = set()
+    while pending:
+        name = normal(pending.pop())
+        if name in installed:
+            continue
+        try:
+            requirements = metadata.distribution(name).requires or []
+        except metadata.PackageNotFoundError:
+            continue
+        installed.add(name)
+        pending += [re.split(r"[ ;<>=!~\[(]", r, maxsplit=1)[0] for r in requirements if "extra ==" not in r]
+    assert {"torch", "lightning", "scipy", "jinja2"} <= installed  # the walk found the real dependency tree
+    modules = {module.lower() for module, distributions in metadata.packages_distributions().items()
+               if module.isidentifier() and not module.startswith("_")
+               and any(normal(d) in installed for d in distributions)}
+    assert modules - SHADOWED - set(sys.stdlib_module_names) == set()
+
+
+def cookiecutter_config(tmp_path: Path) -> Path:
+    """A cookiecutter config that keeps replay files and clones in this test's folder, not in ~."""
+    config = tmp_path / "cookiecutter-config.yaml"
+    config.write_text(f"cookiecutters_dir: {tmp_path / 'cookiecutters'}\nreplay_dir: {tmp_path / 'replay'}\n")
+    return config
+
+
+def test_template_markers_typed_at_the_prompt_are_refused(monkeypatch, tmp_path, _cookiecutter_config_file):
+    """What was typed is kept as it is, markers included: the template refuses it before writing anything."""
     from cookiecutter import prompt
     from cookiecutter.exceptions import FailedHookException
     from cookiecutter.main import cookiecutter
@@ -187,9 +335,7 @@ def test_template_markers_typed_at_the_prompt_are_refused(monkeypatch, capfd, tm
     monkeypatch.setattr(prompt, "read_user_variable", lambda key, default, *a, **k: typed.get(key, default))
     monkeypatch.setattr(prompt, "read_user_choice", lambda key, options, *a, **k: options[0])
     monkeypatch.setattr(prompt, "read_user_yes_no", lambda key, default, *a, **k: default)
-    with pytest.raises(FailedHookException):
+    with pytest.raises(FailedHookException) as refused:
         cookiecutter(str(TEMPLATE), output_dir=str(tmp_path), config_file=str(_cookiecutter_config_file))
-    errors = [line for line in capfd.readouterr().err.splitlines() if line.startswith("error:")]
-    assert errors == ["error: project_name 'My {{ evil }} project' contains '{{': template markers are not "
-                      "allowed in values"]
+    assert str(refused.value) == refusal("My {{ evil }} project")
     assert not list(tmp_path.iterdir())
