@@ -138,6 +138,16 @@ def check_values(values: dict) -> None:
             raise RefusedValue(f"error: {key} {shown(value)} {message}")
 
 
+@simple_filter
+def refused_value(values: dict) -> str:
+    """The error line for the first value of `values` that breaks its rule, or "" (hooks/pre_gen_project.py)."""
+    try:
+        check_values(dict(values))
+    except RefusedValue as refused:
+        return str(refused)
+    return ""
+
+
 def context_being_loaded() -> dict:
     """The values of the context cookiecutter is making this environment for: the `context` argument of its
     create_env_with_context / StrictEnvironment, found up the stack ({} if this cookiecutter passes none)."""

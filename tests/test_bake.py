@@ -35,7 +35,7 @@ EXPECTED_FILES = TOUR_FILES | {
     "configs/hydra/launcher/slurm.yaml", "slurm/train.sbatch", "src/pytorch_intro/distributed.py",
     "tests/test_ddp.py",
     *(f"src/pytorch_intro/{name}.py" for name in ("__init__", "checkpoint", "console", "data", "doctor", "errors",
-                                                   "guards", "launch", "models", "rundir", "task", "worker")),
+                                                   "guards", "launch", "models", "rundir", "task", "validation", "worker")),
     "src/pytorch_intro/engines/__init__.py", "src/pytorch_intro/engines/raw.py",
     "src/pytorch_intro/engines/lightning.py",
     "tests/conftest.py", "tests/test_configs.py", "tests/test_data.py", "tests/test_engines.py",
@@ -86,6 +86,11 @@ def test_default_bake_has_exactly_the_expected_files(default_bake):
     pyproject = tomllib.loads((default_bake / "pyproject.toml").read_text())
     assert pyproject["project"]["name"] == "pytorch-intro"
     assert pyproject["project"]["license"] == "MIT"
+
+
+def test_the_generated_readme_stays_short(default_bake):
+    """For users: at most 300 lines; method and figures live beside the code (tour/, benchmarks/)."""
+    assert len((default_bake / "README.md").read_text().splitlines()) <= 300
 
 
 def test_every_option_is_covered():
@@ -191,19 +196,28 @@ def test_bad_input_is_refused_with_one_clear_line(cookies, tmp_path, context, me
 
 
 def test_the_rules_run_again_on_the_rendered_values_in_the_pre_generate_hook(tmp_path):
-    """The hook is the second line: it refuses the same values with the same line, whatever reaches it."""
-    hook = (TEMPLATE / "hooks" / "pre_gen_project.py").read_text()
-    values = {"project_name": "ok", "project": "ok", "package": "pip", "description": "d", "author": "a", "email": ""}
-    rendered = re.sub(r"\{\{ cookiecutter\.(\w+) \| quoted \}\}", lambda m: json.dumps(
-        str(TEMPLATE) if m[1] == "_repo_dir" else values[m[1]]), hook)
-    script = tmp_path / "pre_gen_project.py"
-    script.write_text(rendered)
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1
-    assert result.stderr.strip() == ("error: package 'pip' would shadow the module 'pip' that the project or its "
-                                     "dependencies import: choose another import name (e.g. 'pip_project')")
-    script.write_text(rendered.replace('"pip"', '"fine_name"'))
-    assert subprocess.run([sys.executable, str(script)], timeout=60).returncode == 0
+    """The hook is the second line: rendered with values that break a rule, it refuses them with the same line."""
+    from cookiecutter.utils import create_env_with_context
+
+    sys.path.insert(0, str(TEMPLATE))  # as cookiecutter does to load local_extensions
+    try:
+        from local_extensions import context_being_loaded
+
+        env = create_env_with_context({"cookiecutter": {"_extensions": CONTEXT["_extensions"]}})
+        hook = env.from_string((TEMPLATE / "hooks" / "pre_gen_project.py").read_text())
+        for package, code in (("pip", 1), ("fine_name", 0)):
+            values = {"project_name": "ok", "project": "ok", "package": package, "description": "d", "author": "a",
+                      "email": ""}
+            script = tmp_path / f"{package}.py"
+            script.write_text(hook.render(cookiecutter=values))
+            result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+            assert result.returncode == code, result.stderr
+        assert result.stderr == "" and context_being_loaded() == {}
+    finally:
+        sys.path.remove(str(TEMPLATE))
+    refused = subprocess.run([sys.executable, str(tmp_path / "pip.py")], capture_output=True, text=True, timeout=60)
+    assert refused.stderr.strip() == ("error: package 'pip' would shadow the module 'pip' that the project or its "
+                                      "dependencies import: choose another import name (e.g. 'pip_project')")
 
 
 # The classic server-side template injection payloads: each would run code (or leak internals) if rendered.

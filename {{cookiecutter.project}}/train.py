@@ -7,6 +7,7 @@ import time
 
 PROCESS_STARTED = {"at": time.perf_counter()}  # the first run's wall time in metrics.json includes start-up
 
+import os  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -14,7 +15,7 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from {{ cookiecutter.package }}.rundir import register_resolvers  # noqa: E402
+from {{ cookiecutter.package }}.rundir import register_resolvers, remove_refused_run  # noqa: E402
 
 register_resolvers()  # hydra.run.dir depends on ckpt_path: a resumed run continues in its own folder
 
@@ -27,9 +28,13 @@ def main(cfg: DictConfig) -> float:
 
     # Later jobs of a multirun (-m) are timed from their own start.
     started = PROCESS_STARTED.pop("at", None) or time.perf_counter()
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        metrics = train(cfg, Path(HydraConfig.get().runtime.output_dir), started=started)
+        metrics = train(cfg, run_dir, started=started)
     except UserError as err:
+        remove_refused_run(run_dir, Path(cfg.paths.log_dir))  # a refused run leaves no folder behind
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":  # as Hydra's own errors: the traceback on request
+            raise
         sys.exit(f"error: {err}")
     except TrainingStopped as stop:
         print(stop, file=sys.stderr)

@@ -119,7 +119,7 @@ def test_bad_values_are_named():
         check_config(compose_train(["engine=lightning", "trainer=cpu", "trainer.precision=16-mixed"]))
     with pytest.raises(UserError, match="trainer.accelerator='tpu'"):
         check_config(compose_train(["trainer.accelerator=tpu"]))
-    with pytest.raises(UserError, match="monitor='train/loss'"):
+    with pytest.raises(UserError, match="callbacks.model_checkpoint.monitor=train/loss is not valid"):
         check_config(compose_train(["callbacks.model_checkpoint.monitor=train/loss"]))
     with pytest.raises(UserError, match="scheduler.interval='batch'"):
         cfg = compose_train(["scheduler=step", "scheduler.interval=batch"])

@@ -97,10 +97,9 @@ def test_help_answers_without_importing_torch():
 
 
 @pytest.mark.slow
-def test_gpu_on_a_machine_without_one_names_the_fix_and_runs_get_their_own_folders(log_dir):
+def test_gpu_on_a_machine_without_one_names_the_fix_and_leaves_no_folder(log_dir):
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU")
-    # Two runs started in the same second still get two folders.
     runs = [subprocess.Popen([sys.executable, "train.py", f"paths.log_dir={log_dir}", "engine=raw", "trainer=gpu"],
                              cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(2)]
@@ -109,7 +108,24 @@ def test_gpu_on_a_machine_without_one_names_the_fix_and_runs_get_their_own_folde
         assert run.returncode == 1
         assert "trainer.accelerator=gpu needs a CUDA GPU" in stderr and "trainer=cpu" in stderr
         assert "Traceback" not in stderr
-    assert len(run_dirs(log_dir, "raw")) == 2
+    assert not log_dir.exists()  # refused before any work: no run folder left
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(monkeypatch, tmp_path):
+    from datetime import datetime
+
+    from {{ cookiecutter.package }} import rundir
+
+    times = iter([datetime(2026, 1, 2, 3, 4, 5, 100), datetime(2026, 1, 2, 3, 4, 5, 101)])
+
+    class Clock(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return next(times)
+
+    monkeypatch.setattr(rundir, "datetime", Clock)
+    first, second = rundir.run_dir(None, str(tmp_path)), rundir.run_dir(None, str(tmp_path))
+    assert first != second and first.startswith(str(tmp_path)) and "2026-01-02_03-04-05" in first
 
 
 def test_raw_engine_refuses_a_trainer_key_it_does_not_implement(tmp_path):

@@ -227,6 +227,12 @@ def process_group(cfg: DictConfig, run_dir: Path) -> Iterator[World]:
     try:
         yield world
         dist.barrier()  # every rank is done: none tears the group down while another still uses it
+    except BaseException as error:
+        if not isinstance(error, TrainingStopped):
+            # Before the group goes: the other ranks then fail on its closed connections, and the launcher names
+            # the failure it heard of first.
+            record_error(error)
+        raise
     finally:
         # Free what still holds the group (a DDP wrapper in a reference cycle, as Lightning's) while Python is
         # alive: freed at interpreter exit, gloo's threads abort the process ("terminate called without an
@@ -304,7 +310,9 @@ def fail_on_purpose(debug: Mapping[str, Any]) -> Iterator[None]:
 
 
 def record_error(error: BaseException) -> None:
-    """Write the error where the elastic launcher reads it, so the launching process can name it."""
+    """Write the error where the elastic launcher reads it, so the launching process can name it (once)."""
     from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
 
-    ErrorHandler().record_exception(error)
+    if not getattr(error, "recorded", False):
+        ErrorHandler().record_exception(error)
+        error.recorded = True

@@ -3,6 +3,7 @@ metrics.json. train.py (and worker.py, in each DDP worker) calls `train(cfg, run
 this module. The engine is imported only once chosen, so engine=raw never imports lightning.
 """
 
+import hashlib
 import json
 import random
 import resource
@@ -19,10 +20,9 @@ from . import summaries
 from .distributed import check_distributed, fail_on_purpose, is_ddp, launch_workers, launched_world, process_group
 from .errors import UserError
 from .rundir import find_checkpoint
+from .validation import validate
 
-ENGINES = ("raw", "lightning")
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
-MONITORS = ("val/acc", "val/loss")  # metrics logged every validation, which best.ckpt can be chosen by
 
 
 def check_accelerator(trainer: DictConfig) -> None:
@@ -52,14 +52,16 @@ def check_precision(precision: str, device_type: str) -> None:
 
 
 def check_config(cfg: DictConfig) -> None:
-    if cfg.engine.name not in ENGINES:
-        raise UserError(f"engine.name={cfg.engine.name!r} is not known: use engine=raw or engine=lightning")
+    """Every value, before any data or model is built: its own rule (validation.py), then this machine."""
+    validate(cfg)
     check_accelerator(cfg.trainer)
     summaries.Settings.from_config(cfg.logger.tensorboard)  # the TensorBoard switches (the engines read them again)
-    checkpoint = cfg.callbacks.model_checkpoint
-    if checkpoint.monitor not in MONITORS or checkpoint.mode not in ("min", "max"):
-        raise UserError(f"callbacks.model_checkpoint monitor={checkpoint.monitor!r} mode={checkpoint.mode!r} is not "
-                        f"valid: monitor one of {', '.join(MONITORS)} with mode 'max' or 'min'")
+
+
+def drawn_seed(run_dir: Path) -> int:
+    """seed=null: a seed of this run's own, from its folder's name (unique, and the same in every process of a
+    DDP run); metrics.json records it."""
+    return int.from_bytes(hashlib.sha256(run_dir.name.encode()).digest()[:4], "big") >> 1
 
 
 def seed_everything(seed: int) -> None:
@@ -84,6 +86,9 @@ def train(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict[
     """
     started = time.perf_counter() if started is None else started
     check_config(cfg)
+    if cfg.seed is None:
+        cfg.seed = drawn_seed(run_dir)
+        print(f"seed=null: this run's seed is {cfg.seed}", flush=True)
     checkpoint = find_checkpoint(cfg.ckpt_path, run_dir.parent)
     if is_ddp(cfg.trainer) and launched_world() is None:
         if checkpoint is not None:  # the workers resume the very file found here

@@ -7,6 +7,7 @@ Kept free of torch so that `python train.py --help` stays fast.
 """
 
 import os
+import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -62,6 +63,21 @@ def launcher_start_time() -> datetime | None:
         return datetime.fromtimestamp(boot + start_ticks / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError, StopIteration):
         return None
+
+
+def remove_refused_run(run_dir: Path, log_dir: Path) -> None:
+    """A run refused before it trained leaves nothing behind: its folder, if it holds nothing of a run (no
+    checkpoints, events or metrics.json: only what Hydra and launch.py wrote first), goes, and so do the folders
+    above it that this leaves empty, up to paths.log_dir. A resumed run's folder always holds checkpoints: kept."""
+    if not run_dir.is_dir() or any(run_dir.glob("checkpoints")) or any(run_dir.glob("metrics.json")) \
+            or any(run_dir.glob("tensorboard/events.out.tfevents.*")):
+        return
+    shutil.rmtree(run_dir)
+    log_dir = log_dir.resolve()
+    for parent in run_dir.resolve().parents:
+        if not (parent == log_dir or log_dir in parent.parents) or any(parent.iterdir()):
+            break
+        parent.rmdir()
 
 
 def register_resolvers() -> None:

@@ -1,0 +1,116 @@
+"""Every bad config value gets one line, before any work, in both engines (validation.py), and leaves nothing."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import PROJECT_ROOT, SHORT_RUN, compose_train, run_dirs
+
+from {{ cookiecutter.package }}.errors import UserError
+from {{ cookiecutter.package }}.launch import train
+from {{ cookiecutter.package }}.validation import RULES
+
+# (overrides, the start of the one line). Each was once a traceback, or silently accepted and wrong.
+BAD_VALUES = [
+    (["trainer.max_epochs=0"], "trainer.max_epochs=0 is not valid: a whole number of at least 1"),
+    (["trainer.max_epochs=-1", "trainer.max_steps=30"], "trainer.max_epochs=-1 is not valid"),
+    (["trainer.max_steps=0"], "trainer.max_steps=0 is not valid: -1 (no limit) or a whole number"),
+    (["trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val=-1 is not valid: null (no clipping) or a number"),
+    (["trainer.gradient_clip_algorithm=foo"], "trainer.gradient_clip_algorithm=foo is not valid: one of norm, value"),
+    (["trainer.limit_train_batches=1.5"], "trainer.limit_train_batches=1.5 is not valid: null (all), a whole"),
+    (["trainer.limit_val_batches=0"], "trainer.limit_val_batches=0 is not valid"),
+    (["trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0 is not valid"),
+    (["trainer.check_val_every_n_epoch=0"], "trainer.check_val_every_n_epoch=0 is not valid"),
+    (["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps=0 is not valid"),
+    (["trainer.deterministic=maybe"], "trainer.deterministic=maybe is not valid: one of true, false, warn"),
+    (["trainer.precision=8"], "trainer.precision=8 is not valid: one of 32-true, 64-true, bf16-mixed, 16-mixed"),
+    (["trainer.num_nodes=0"], "trainer.num_nodes=0 is not valid: a whole number of at least 1"),
+    (["trainer.devices=0"], "trainer.devices=0 is not valid: a whole number of at least 1, -1 or auto"),
+    (["trainer.enable_progress_bar=sometimes"], "trainer.enable_progress_bar=sometimes is not valid: one of true"),
+    (["seed=abc"], "seed=abc is not valid: a whole number of at least 0, or null"),
+    (["seed=-1"], "seed=-1 is not valid"),
+    (["optimizer.lr=-1"], "optimizer.lr=-1 is not valid: a number above 0"),
+    (["optimizer.lr=abc"], "optimizer.lr=abc is not valid: a number above 0"),
+    (["optimizer.lr=nan"], "optimizer.lr=nan is not valid: a number above 0"),
+    (["optimizer.weight_decay=-1"], "optimizer.weight_decay=-1 is not valid: a number of at least 0"),
+    (["optimizer=sgd", "optimizer.momentum=-0.5"], "optimizer.momentum=-0.5 is not valid"),
+    (["data.batch_size=0"], "data.batch_size=0 is not valid: a whole number of at least 1"),
+    (["data.batch_size=-3"], "data.batch_size=-3 is not valid"),
+    (["data.num_workers=-1"], "data.num_workers=-1 is not valid: a whole number of at least 0"),
+    (["data.num_classes=1"], "data.num_classes=1 is not valid: a whole number of at least 2"),
+    (["data.val_fraction=-0.1"], "data.val_fraction=-0.1 is not valid: a fraction in (0.0, 1.0)"),
+    (["data=digits", "data.val_fraction=0.6", "data.test_fraction=0.5"],  # test images in the training set
+     "data.val_fraction=0.6 with data.test_fraction=0.5 is not valid: the two must add up to less than 1"),
+    (["model=cnn", "model.channels=[]"], "model.channels=[] is not valid: a list of at least one whole number"),
+    (["model=mlp", "model.hidden=[0]"], "model.hidden=[0] is not valid"),
+    (["model.dropout=1.5"], "model.dropout=1.5 is not valid: a probability in [0.0, 1.0)"),
+    (["scheduler=step", "scheduler.step_size=0"], "scheduler.step_size=0 is not valid: a whole number of at least 1"),
+    (["scheduler=step", "scheduler.interval=batch"], "scheduler.interval=batch is not valid: one of step, epoch"),
+    (["scheduler=plateau", "scheduler.mode=up"], "scheduler.mode=up is not valid: one of min, max"),
+    (["callbacks=early_stopping", "callbacks.early_stopping.patience=-1"],
+     "callbacks.early_stopping.patience=-1 is not valid: a whole number of at least 0"),
+    (["callbacks=early_stopping", "callbacks.early_stopping.mode=foo"],
+     "callbacks.early_stopping.mode=foo is not valid: one of min, max"),
+    (["callbacks.model_checkpoint.monitor=train/loss"],
+     "callbacks.model_checkpoint.monitor=train/loss is not valid: one of val/acc, val/loss"),
+    (["distributed.timeout_s=0"], "distributed.timeout_s=0 is not valid: a number above 0"),
+]
+
+
+@pytest.mark.parametrize("engine", ["raw", "lightning"])
+@pytest.mark.parametrize(("overrides", "message"), BAD_VALUES, ids=[" ".join(o) for o, _ in BAD_VALUES])
+def test_a_bad_value_is_one_line_before_any_work(tmp_path, engine, overrides, message):
+    with pytest.raises(UserError) as refused:
+        train(compose_train([f"engine={engine}", *overrides]), tmp_path / "run")
+    assert str(refused.value).startswith(message), str(refused.value)
+    assert "\n" not in str(refused.value)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_every_rule_names_a_key_of_the_configs():
+    """Each rule's key exists in some config of configs/ (a rule for a renamed key would check nothing)."""
+    from omegaconf import OmegaConf
+
+    from {{ cookiecutter.package }}.validation import ABSENT
+
+    groups = {"optimizer": ["sgd", "adam", "rmsprop"], "scheduler": ["step", "cosine", "onecycle", "plateau"],
+              "model": ["mlp", "cnn"], "callbacks": ["early_stopping"]}
+    configs = [compose_train()] + [compose_train([f"{group}={option}"]) for group, options in groups.items()
+                                   for option in options]
+    for key in RULES:
+        assert any(OmegaConf.select(cfg, key, default=ABSENT) is not ABSENT for cfg in configs), key
+
+
+def test_the_defaults_and_every_config_option_pass(tmp_path):
+    from {{ cookiecutter.package }}.validation import validate
+
+    for overrides in ([], ["optimizer=sgd"], ["optimizer=rmsprop"], ["scheduler=step"], ["scheduler=plateau"],
+                      ["scheduler=cosine"], ["model=mlp"], ["callbacks=early_stopping"], ["trainer=ddp_cpu"],
+                      ["data=mnist"], ["data=cifar10"], ["seed=null"], ["trainer.devices=auto"]):
+        validate(compose_train(overrides))
+
+
+@pytest.mark.slow
+def test_a_refused_run_leaves_no_run_folder_and_no_traceback(log_dir):
+    result = subprocess.run([sys.executable, "train.py", f"paths.log_dir={log_dir}", "engine=raw", "data.batch_size=0"],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == ["error: data.batch_size=0 is not valid: a whole number of at least 1"]
+    assert not log_dir.exists()  # not even the empty folders above the run's
+    full = subprocess.run([sys.executable, "train.py", f"paths.log_dir={log_dir}", "data.batch_size=0"],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    assert full.returncode == 1 and "Traceback" in full.stderr and "data.batch_size=0 is not valid" in full.stderr
+
+
+@pytest.mark.slow
+def test_seed_null_draws_a_seed_and_records_it(log_dir):
+    result = subprocess.run([sys.executable, "train.py", f"paths.log_dir={log_dir}", "engine=raw", "seed=null",
+                             *SHORT_RUN, "trainer.max_epochs=1"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    [run_dir] = run_dirs(log_dir, "raw")
+    seed = json.loads((run_dir / "metrics.json").read_text())["seed"]
+    assert isinstance(seed, int) and seed >= 0 and f"seed=null: this run's seed is {seed}" in result.stdout
