@@ -41,6 +41,7 @@ EXPECTED_FILES = TOUR_FILES | {
     "tests/conftest.py", "tests/test_configs.py", "tests/test_data.py", "tests/test_engines.py",
     "tests/test_raw_engine.py", "tests/test_doctor.py", "tests/test_parity.py",
     "tests/test_comparison_doc.py", "tests/test_tensorboard_browser.py", "tests/test_side_by_side.py",
+    "tests/test_validation.py",
     "src/pytorch_intro/summaries.py", "tests/test_tensorboard.py",
     "compare.py", "configs/compare.yaml", "src/pytorch_intro/comparison.py", "tests/test_compare.py",
     "benchmarks/engine_overhead.py", "benchmarks/README.md", "tests/test_benchmark.py",

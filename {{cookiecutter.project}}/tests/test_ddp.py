@@ -126,6 +126,8 @@ def test_a_crashed_rank_stops_the_whole_run_with_its_error(log_dir, engine):
     assert elapsed < 60, elapsed
     (error,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert "rank 1 of the distributed run failed" in error and f"fails on purpose at step {fail_step}" in error
+    assert "Traceback" not in result.stdout + result.stderr  # the tracebacks are in the ranks' log files
+    assert "Traceback" in (run_dirs(log_dir, engine)[0] / "rank1.log").read_text()
     assert processes_under(log_dir) == []  # no orphaned worker
     (run_dir,) = run_dirs(log_dir, engine)
     last = run_dir / "checkpoints" / "last.ckpt"

@@ -114,3 +114,85 @@ def test_seed_null_draws_a_seed_and_records_it(log_dir):
     [run_dir] = run_dirs(log_dir, "raw")
     seed = json.loads((run_dir / "metrics.json").read_text())["seed"]
     assert isinstance(seed, int) and seed >= 0 and f"seed=null: this run's seed is {seed}" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """A last.ckpt and best.ckpt of each engine, from two epochs of two batches of model=mlp."""
+    import contextlib
+    import io
+
+    from {{ cookiecutter.package }}.engines import lightning, raw
+    from {{ cookiecutter.package }}.launch import seed_everything
+
+    folder = tmp_path_factory.mktemp("checkpoints")
+    for engine, fit in (("raw", raw.fit), ("lightning", lightning.fit)):
+        cfg = compose_train([f"engine={engine}", "model=mlp", "scheduler=cosine", *SHORT_RUN,
+                             "trainer.limit_train_batches=2"])
+        seed_everything(cfg.seed)
+        with contextlib.redirect_stdout(io.StringIO()):
+            fit(cfg, folder / engine)
+    return folder
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this ran while loading",))
+
+
+def bad_checkpoint(kind: str, checkpoints, folder):
+    """A file that must not resume an mlp run of engine=raw: (path, the start of the expected line)."""
+    import torch
+
+    path = folder / f"{kind}.ckpt"
+    good = (checkpoints / "raw" / "checkpoints" / "last.ckpt").read_bytes()
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path.write_bytes(good[: len(good) // 2])
+    elif kind == "random bytes":
+        path.write_bytes(bytes(range(256)) * 40)
+    elif kind == "text":
+        path.write_text("model weights go here\n")
+    elif kind == "malicious pickle":
+        torch.save({"engine": "raw", "model": Payload()}, path)
+    elif kind == "a foreign dictionary":
+        torch.save({"weights": torch.zeros(3)}, path)
+    elif kind == "not a dictionary":
+        torch.save([1, 2, 3], path)
+    else:
+        return {"the other engine's": checkpoints / "lightning" / "checkpoints" / "last.ckpt",
+                "best weights only": checkpoints / "raw" / "checkpoints" / "best.ckpt"}[kind]
+    return path
+
+
+RESUME_REFUSALS = {
+    **dict.fromkeys(("empty", "truncated", "random bytes", "text", "malicious pickle"), "cannot be loaded safely"),
+    "a foreign dictionary": "is not a checkpoint of either engine", "not a dictionary": "holds a list",
+    "the other engine's": "was written by engine=lightning", "best weights only": "holds only the best weights",
+}
+
+
+@pytest.mark.parametrize("kind", RESUME_REFUSALS)
+def test_a_checkpoint_that_cannot_resume_the_run_is_one_line_before_any_work(checkpoints, tmp_path, kind,
+                                                                             capsys):
+    path = bad_checkpoint(kind, checkpoints, tmp_path)
+    with pytest.raises(UserError) as refused:
+        train(compose_train(["engine=raw", "model=mlp", f"ckpt_path={path}"]), tmp_path / "run")
+    assert RESUME_REFUSALS[kind] in str(refused.value) and "\n" not in str(refused.value), str(refused.value)
+    assert "this ran while loading" not in capsys.readouterr().out
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("engine", ["raw", "lightning"])
+def test_resuming_another_architecture_names_the_mismatched_keys_in_both_engines(checkpoints, tmp_path, engine):
+    last = checkpoints / engine / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    with pytest.raises(UserError, match=r"holds the weights of another model \(missing features\.0\.bias, "
+                                        r"features\.0\.weight, features\.1\.bias \.\.\.; unexpected net\.1\.bias"):
+        train(compose_train([f"engine={engine}", "model=cnn", f"ckpt_path={last}"]), tmp_path / "run")
+    cross = {"raw": "lightning", "lightning": "raw"}[engine]
+    with pytest.raises(UserError, match=f"was written by engine={cross}"):
+        train(compose_train([f"engine={engine}", "model=mlp", f"ckpt_path={checkpoints / cross / 'checkpoints'}"
+                             "/last.ckpt"]), tmp_path / "run")
+    assert last.read_bytes() == before and not (tmp_path / "run").exists()

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from .errors import UserError
 
@@ -36,9 +37,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"checkpoint {str(path)!r} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated, corrupt, or a pickle that asks for arbitrary objects
-        raise UserError(f"checkpoint {str(path)!r} cannot be loaded safely: {err}") from err
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # empty, truncated, corrupt, not a checkpoint, or a pickle that asks for code
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise UserError(f"checkpoint {str(path)!r} cannot be loaded safely ({type(err).__name__}: {reason}): not a "
+                        "complete checkpoint, or one that would run code when loaded") from None
+    if not isinstance(state, dict):
+        raise UserError(f"checkpoint {str(path)!r} holds a {type(state).__name__}, not a checkpoint's dictionary")
+    return state
 
 
 def model_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -48,6 +54,40 @@ def model_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
     if "state_dict" in checkpoint:  # engine=lightning: the LightningModule keeps the model as `self.model`
         return {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     raise UserError("checkpoint holds no model weights (neither 'model' nor 'state_dict')")
+
+
+def written_by(checkpoint: dict[str, Any]) -> str | None:
+    """'raw' or 'lightning': the engine that wrote a checkpoint (None: neither)."""
+    if checkpoint.get("engine") == "raw":
+        return "raw"
+    return "lightning" if "pytorch-lightning_version" in checkpoint else None
+
+
+def check_resume(path: Path, engine: str, model: nn.Module) -> dict[str, Any]:
+    """A checkpoint to resume from, checked before the resume touches anything, with one line for what is wrong:
+    safe to load, written by `engine`, holding the training state (not best.ckpt's weights alone), and weights that
+    fit `model` (the mismatched keys named). Returns its contents."""
+    state = load_checkpoint(path)
+    writer = written_by(state)
+    if writer is None:
+        raise UserError(f"ckpt_path={path} is not a checkpoint of either engine (it has neither engine=raw's "
+                        "'engine' entry nor Lightning's 'pytorch-lightning_version')")
+    if writer != engine:
+        raise UserError(f"ckpt_path={path} was written by engine={writer}: resume it with that engine (its weights "
+                        "load anywhere with checkpoint.model_state_dict)")
+    if ("progress" if writer == "raw" else "optimizer_states") not in state:
+        raise UserError(f"ckpt_path={path} holds only the best weights, not the training state: resume from "
+                        "last.ckpt (ckpt_path=last)")
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    saved = {key: tuple(value.shape) for key, value in model_state_dict(state).items()}
+    if saved != expected:
+        missing, unexpected = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys())
+        resized = sorted(k for k in expected.keys() & saved.keys() if expected[k] != saved[k])
+        parts = [f"{name} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}" for name, keys in
+                 (("missing", missing), ("unexpected", unexpected), ("other shapes", resized)) if keys]
+        raise UserError(f"ckpt_path={path} holds the weights of another model ({'; '.join(parts)}): resume with "
+                        "the run's own model config (its .hydra/config.yaml)")
+    return state
 
 
 def get_rng_state() -> dict[str, Any]:

@@ -173,12 +173,13 @@ def describe_failure(failed, run_dir: Path) -> str:
     if isinstance(message, str) and message.startswith("UserError: "):
         return message.removeprefix("UserError: ")  # a problem with the run's settings, the same on every rank
     if not message or message == "<N/A>":
-        message = f"exit code {failure.exitcode}" + (f"; see {run_dir}/rank{rank}.log" if rank else "")
+        message = f"exit code {failure.exitcode}"
+    log = run_dir / f"rank{rank}.log"  # the worker wrote its traceback there (worker.py)
+    message = str(message).strip().splitlines()[-1] + (f" (its traceback: {log})" if log.is_file() else "")
     last = run_dir / "checkpoints" / "last.ckpt"
     left = (f"{last} holds the last completed epoch: resume with ckpt_path={last}" if last.is_file()
             else "no checkpoint was written before it")
-    return f"rank {rank} of the distributed run failed: {message.strip().splitlines()[-1]}. " \
-           f"The other ranks were stopped; {left}"
+    return f"rank {rank} of the distributed run failed: {message}. The other ranks were stopped; {left}"
 
 
 # --- a worker: join the group, train, leave ----------------------------------------------------------------

@@ -10,11 +10,12 @@ import time
 STARTED = time.perf_counter()  # metrics.json startup_s counts from the worker's own start
 
 import sys  # noqa: E402
+import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from .distributed import record_error  # noqa: E402
+from .distributed import World, launched_world, record_error  # noqa: E402
 from .errors import TrainingStopped, UserError  # noqa: E402
 from .launch import train  # noqa: E402
 
@@ -29,8 +30,12 @@ def main(config_file: str, run_dir: str) -> int:
         print(stop, file=sys.stderr)
         return stop.exit_code
     except BaseException as err:
-        record_error(err)
-        raise
+        record_error(err)  # the launching process prints one line for the run
+        # The traceback goes to this rank's log file (ranks > 0 write there anyway), not to the terminal.
+        rank = (launched_world() or World()).rank
+        with (Path(run_dir) / f"rank{rank}.log").open("a") as log:
+            traceback.print_exc(file=log)
+        return 1
     return 0
 
 

@@ -32,7 +32,7 @@ from torchmetrics import Metric
 from tqdm import tqdm
 
 from .. import console, summaries, task
-from ..checkpoint import get_rng_state, load_checkpoint, model_state_dict, save_checkpoint, set_rng_state
+from ..checkpoint import check_resume, get_rng_state, load_checkpoint, model_state_dict, save_checkpoint, set_rng_state
 from ..data import DataPipeline
 from ..distributed import World, any_rank, barrier, current_world, is_ddp, reduce_sum
 from ..errors import TrainingStopped, UserError
@@ -514,13 +514,7 @@ def trainer_save_checkpoint(trainer: Trainer, name: str, weights_only: bool = Fa
 def restore_checkpoint(trainer: Trainer, path: Path) -> None:
     """What Trainer.fit(ckpt_path=...) restores: weights, optimizer, scheduler, scaler, early stopping, the loop's
     progress and (unlike Lightning, which does not save them) the random generators."""
-    state = load_checkpoint(path)
-    if state.get("engine") != "raw":
-        raise UserError(f"ckpt_path={path} was written by engine={state.get('engine', 'lightning')}: "
-                        "resume it with that engine (its weights load anywhere with checkpoint.model_state_dict)")
-    if "progress" not in state:
-        raise UserError(f"ckpt_path={path} holds only the best weights, not the training state: resume "
-                        "from last.ckpt (ckpt_path=last)")
+    state = check_resume(path, "raw", trainer.model)  # one line for a file that cannot resume this run
     trainer.model.load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optimizer"])
     if trainer.schedule:
