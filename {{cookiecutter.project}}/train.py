@@ -8,6 +8,7 @@ import time
 PROCESS_STARTED = {"at": time.perf_counter()}  # the first run's wall time in metrics.json includes start-up
 
 import os  # noqa: E402
+import shlex  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -37,7 +38,10 @@ def main(cfg: DictConfig) -> float:
             raise
         sys.exit(f"error: {err}")
     except TrainingStopped as stop:
-        print(stop, file=sys.stderr)
+        # The command that resumes this very run: its own overrides, and its checkpoint.
+        overrides = [shlex.quote(o) for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path=")]
+        resume = " ".join([*overrides, f"ckpt_path={shlex.quote(str(stop.checkpoint))}"])
+        print(f"{stop}\nResume with: python train.py {resume}", file=sys.stderr)
         sys.exit(stop.exit_code)
     return metrics["test/acc"]  # what a Hydra sweeper would optimise
 

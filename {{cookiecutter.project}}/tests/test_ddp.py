@@ -187,3 +187,28 @@ def test_under_srun_each_slurm_task_is_a_worker(log_dir):
     assert "launching" not in outputs[0] and "test/acc=" in outputs[0]
     (run_dir,) = run_dirs(log_dir, "raw")  # both tasks chose the same folder
     assert (run_dir / "rank1.log").is_file() and '"processes": 2' in (run_dir / "metrics.json").read_text()
+
+
+def test_sigterm_to_a_ddp_run_names_the_state_it_saved_and_how_to_resume_it(log_dir):
+    """The launcher passes SIGTERM to the workers; the message is read back from last.ckpt (the state it holds),
+    and the hint repeats the run's overrides, trainer=ddp_cpu included."""
+    import shlex
+    import signal
+
+    overrides = [f"paths.log_dir={log_dir}", "engine=lightning", *[o for o in DDP_RUN if "max_epochs" not in o],
+                 "trainer.max_epochs=1000"]
+    run = subprocess.Popen([sys.executable, "train.py", *overrides], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not list(log_dir.glob("train/lightning/*/checkpoints/last.ckpt")):  # training is under way
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+        time.sleep(0.2)
+    run.send_signal(signal.SIGTERM)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 128 + signal.SIGTERM, stderr
+    [run_dir] = run_dirs(log_dir, "lightning")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    *_, stopped, hint = stderr.strip().splitlines()
+    assert stopped == f"stopped by SIGTERM; {last} holds the state after step {load_checkpoint(last)['global_step']}"
+    assert shlex.split(hint) == ["Resume", "with:", "python", "train.py", *overrides, f"ckpt_path={last}"]
+    assert processes_under(log_dir) == []

@@ -2,6 +2,7 @@
 
 import json
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -187,8 +188,14 @@ def test_sigterm_saves_last_ckpt_exits_nonzero_and_resumes_in_the_same_folder(lo
     run.send_signal(signal.SIGTERM)
     _, stderr = run.communicate(timeout=60)
     assert run.returncode == 128 + signal.SIGTERM
-    assert stderr.strip().splitlines()[-1].endswith(f"Resume with: python train.py engine={engine} ckpt_path=last")
     [run_dir] = run_dirs(log_dir, engine)
+    *_, stopped, hint = stderr.strip().splitlines()
+    assert stopped.startswith("stopped by SIGTERM at epoch ")
+    assert stopped.endswith(f"saved {run_dir}/checkpoints/last.ckpt")
+    # The hint repeats the run's own overrides (scheduler=cosine, ...), so that running it resumes this run.
+    assert hint == (f"Resume with: python train.py paths.log_dir={log_dir} engine={engine} scheduler=cosine "
+                    f"trainer.enable_progress_bar=false trainer.max_epochs=1000 "
+                    f"ckpt_path={run_dir}/checkpoints/last.ckpt")
 
     def progress() -> tuple[int, int]:  # (epoch, global step) of last.ckpt, in either engine's layout
         state = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
@@ -196,7 +203,8 @@ def test_sigterm_saves_last_ckpt_exits_nonzero_and_resumes_in_the_same_folder(lo
         return state["epoch"], state["global_step"]
 
     stopped_epoch, stopped_step = progress()
-    resumed = subprocess.run([*command, f"trainer.max_epochs={stopped_epoch + 2}", "ckpt_path=last"],
+    resumed = subprocess.run([sys.executable, *shlex.split(hint.removeprefix("Resume with: python ")),
+                              f"trainer.max_epochs={stopped_epoch + 2}"],  # the hint, stopping sooner
                              cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert run_dirs(log_dir, engine) == [run_dir]  # continued in its own folder

@@ -32,8 +32,10 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrom
 CHROMIUM = next((path for path in map(shutil.which, CHROMIUM_NAMES) if path), None)
 TAG = "train/loss"
 SERVER_TIMEOUT_S = 60  # TensorBoard's start and first read of the event files
-RENDER_ATTEMPTS = 3  # a page dumped before the data arrived is loaded again
-VIRTUAL_TIME_BUDGET_MS = 5_000  # Chromium's virtual clock for the page's timers (network waits pause it)
+RENDER_ATTEMPTS = 4  # a page dumped before the data arrived is loaded again, with a longer budget each time
+# Chromium's virtual clock for the page's timers (network waits pause it): 5 s, then 3 times more per attempt, as
+# a busy machine once left the first three 5 s loads with an empty table.
+VIRTUAL_TIME_BUDGET_MS = 5_000
 
 requires_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason=f"needs Chromium: none of {', '.join(CHROMIUM_NAMES)} is on PATH")
@@ -150,15 +152,15 @@ def text(parts: list[str]) -> str:
     return " ".join("".join(parts).split())
 
 
-def render(url: str, profile: Path) -> tuple[str, str]:
-    """The page's DOM after Chromium ran its scripts, and Chromium's log."""
+def render(url: str, profile: Path, budget_ms: int) -> tuple[str, str]:
+    """The page's DOM after Chromium ran its scripts for `budget_ms` of virtual time, and Chromium's log."""
     browser = subprocess.Popen(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
          "--disable-background-networking", f"--user-data-dir={profile}", "--window-size=1280,1000",
-         f"--virtual-time-budget={VIRTUAL_TIME_BUDGET_MS}", "--dump-dom", url],
+         f"--virtual-time-budget={budget_ms}", "--dump-dom", url],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        return browser.communicate(timeout=90)
+        return browser.communicate(timeout=90 + 2 * budget_ms / 1000)
     finally:
         stop_process_group(browser)
 
@@ -183,7 +185,7 @@ def test_tensorboard_shows_both_engines_in_a_browser(trained, tensorboard_url, t
     # tagFilter is a regular expression: only the train/loss card, so it renders in the first screen.
     page = f"{tensorboard_url}/?tagFilter=%5Etrain%2Floss%24#timeseries"
     for attempt in range(RENDER_ATTEMPTS):
-        dom, log = render(page, tmp_path / f"chromium-profile-{attempt}")
+        dom, log = render(page, tmp_path / f"chromium-profile-{attempt}", VIRTUAL_TIME_BUDGET_MS * 3**attempt)
         rows = loss_rows(dom)
         if all(run in rows for run in runs.values()):
             break

@@ -143,7 +143,7 @@ def launch_workers(cfg: DictConfig, run_dir: Path) -> None:
             min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=run_dir.name,
             rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0",  # port 0: a free port, as `torchrun --standalone`
             rdzv_configs={"timeout": cfg.distributed.timeout_s}, max_restarts=0, monitor_interval=0.1,
-            shutdown_timeout=10,  # after a worker fails: seconds the others get to exit before SIGKILL
+            shutdown_timeout=60,  # seconds the workers get to exit (and save, on SIGTERM) before SIGKILL
             logs_specs=DefaultLogsSpecs(log_dir=str(Path(scratch) / "logs")), local_addr="127.0.0.1",
         )
         print(f"launching {nproc} {cfg.engine.name} workers (torch elastic, {backend(cfg.trainer)}); "
@@ -158,10 +158,19 @@ def launch_workers(cfg: DictConfig, run_dir: Path) -> None:
         except ChildFailedError as failed:
             raise UserError(describe_failure(failed, run_dir)) from None
         except SignalException as stop:  # SIGTERM/Ctrl-C: the launcher passed it on to every worker
-            name = signal.Signals(stop.sigval).name
-            raise TrainingStopped(f"stopped by {name}: the workers were told to save {run_dir}/checkpoints/last.ckpt "
-                                  f"and stop. Resume with: python train.py engine={cfg.engine.name} "
-                                  f"trainer.strategy=ddp ckpt_path=last", 128 + stop.sigval) from None
+            raise stopped_workers(stop.sigval, run_dir) from None
+
+
+def stopped_workers(signum: int, run_dir: Path) -> TrainingStopped:
+    """What the stopped workers left, read back from last.ckpt itself: the message names the state it holds."""
+    from .checkpoint import load_checkpoint
+
+    last, name = run_dir / "checkpoints" / "last.ckpt", signal.Signals(signum).name
+    if not last.is_file():
+        return TrainingStopped(f"stopped by {name} before the first checkpoint: nothing to resume", 128 + signum, last)
+    state = load_checkpoint(last)
+    step = state.get("progress", state).get("global_step")
+    return TrainingStopped(f"stopped by {name}; {last} holds the state after step {step}", 128 + signum, last)
 
 
 def describe_failure(failed, run_dir: Path) -> str:

@@ -9,15 +9,15 @@ class UserError(Exception):
 
 
 class TrainingStopped(Exception):
-    """The run was asked to stop (SIGTERM, Ctrl-C) and saved last.ckpt first. Exits with 128 + signal number."""
+    """The run was asked to stop (SIGTERM, Ctrl-C) and saved last.ckpt first. Exits with 128 + signal number;
+    train.py adds the command that resumes it, with the run's own overrides."""
 
-    def __init__(self, message: str, exit_code: int) -> None:
+    def __init__(self, message: str, exit_code: int, checkpoint: Path) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code, self.checkpoint = exit_code, checkpoint
 
     @classmethod
-    def by_signal(cls, signum: int, epoch: int, global_step: int, checkpoint_dir: Path,
-                  engine: str) -> "TrainingStopped":
-        name = signal.Signals(signum).name
-        return cls(f"stopped by {name} at epoch {epoch}, step {global_step}; {checkpoint_dir / 'last.ckpt'} saved. "
-                   f"Resume with: python train.py engine={engine} ckpt_path=last", 128 + signum)
+    def by_signal(cls, signum: int, epoch: int, global_step: int, checkpoint_dir: Path) -> "TrainingStopped":
+        name, checkpoint = signal.Signals(signum).name, checkpoint_dir / "last.ckpt"
+        return cls(f"stopped by {name} at epoch {epoch}, step {global_step}; saved {checkpoint}", 128 + signum,
+                   checkpoint)

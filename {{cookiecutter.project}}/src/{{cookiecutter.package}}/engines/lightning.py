@@ -48,8 +48,8 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
     except (SIGTERMException, SystemExit):  # Lightning exits on Ctrl-C after its on_exception hooks
         if stop.signal is None:
             raise
-        raise errors.TrainingStopped.by_signal(stop.signal, trainer.current_epoch, trainer.global_step, checkpoints,
-                                        "lightning") from None
+        raise errors.TrainingStopped.by_signal(stop.signal, trainer.current_epoch, trainer.global_step,
+                                               checkpoints) from None
     fit_metrics = {k: v.item() for k, v in trainer.callback_metrics.items() if k in console.EPOCH_FIELDS}
     trainer.test(module, datamodule=datamodule, ckpt_path=best.best_model_path or None, verbose=False,
                  weights_only=True)

@@ -606,7 +606,7 @@ def check_stop_signal(trainer: Trainer) -> None:
         trainer_save_checkpoint(trainer, "last.ckpt")
         trainer.logger.close()
         raise TrainingStopped.by_signal(trainer.stop_requested() or signal.SIGTERM, trainer.current_epoch,
-                                        trainer.global_step, trainer.checkpoint_dir, "raw")
+                                        trainer.global_step, trainer.checkpoint_dir)
 
 
 # -- DDP --
