@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from conftest import CONFIG_DIR, compose_train
 from omegaconf import OmegaConf
 
+from {{ cookiecutter.package }}.data import limit_batches
 from {{ cookiecutter.package }}.engines import raw
 from {{ cookiecutter.package }}.errors import UserError
 from {{ cookiecutter.package }}.launch import check_config
@@ -99,19 +100,19 @@ def test_onecycle_total_steps_come_from_the_data():
 def raw_trainer(cfg, num_batches: int) -> raw.Trainer:
     """engine=raw's Trainer state as `fit` sets it up for a train loader of `num_batches`."""
     trainer = raw.Trainer(cfg, run_dir=Path("unused"))
-    trainer.num_training_batches = raw.limit_batches(num_batches, cfg.trainer.limit_train_batches)
+    trainer.num_training_batches = limit_batches(num_batches, cfg.trainer.limit_train_batches)
     return trainer
 
 
 @pytest.mark.parametrize(("limit", "expected"), [(None, 20), (3, 3), (50, 20), (0.5, 10), (1.0, 20)])
 def test_limit_batches_follows_lightning(limit, expected):
-    assert raw.limit_batches(20, limit) == expected
+    assert limit_batches(20, limit) == expected
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, "all"])
 def test_limit_batches_refuses_bad_values(bad):
     with pytest.raises(UserError, match="limit_"):
-        raw.limit_batches(20, bad)
+        limit_batches(20, bad)
 
 
 def test_bad_values_are_named():

@@ -196,3 +196,13 @@ def test_resuming_another_architecture_names_the_mismatched_keys_in_both_engines
         train(compose_train([f"engine={engine}", "model=mlp", f"ckpt_path={checkpoints / cross / 'checkpoints'}"
                              "/last.ckpt"]), tmp_path / "run")
     assert last.read_bytes() == before and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("engine", ["raw", "lightning"])
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_a_fraction_of_batches_that_leaves_none_is_one_line_before_training(tmp_path, engine, split):
+    """The limit depends on the split's size: refused once the data is split, before the first step."""
+    with pytest.raises(UserError) as refused:
+        train(compose_train([f"engine={engine}", f"trainer.limit_{split}_batches=0.001"]), tmp_path / "run")
+    assert str(refused.value).startswith(f"trainer.limit_{split}_batches=0.001 is not valid here: 0.001 of the ")
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained

@@ -30,14 +30,32 @@ def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.tensor(digits.target, dtype=torch.int64)
 
 
+def limit_batches(num_batches: int, limit: int | float | None, key: str = "limit_*_batches") -> int:
+    """Batches used per epoch under Lightning's `limit_*_batches`: an int counts batches, a float is a fraction
+    (one that leaves no batch of the split is refused, as Lightning refuses it)."""
+    if limit is None:
+        return num_batches
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit < 0:
+        raise UserError(f"limit_*_batches={limit!r} is not valid: use a batch count (int) or a fraction (float)")
+    if isinstance(limit, int):
+        return min(num_batches, limit)
+    if limit > 1.0:
+        raise UserError(f"limit_*_batches={limit} is a fraction above 1.0: use at most 1.0, or an int batch count")
+    if int(num_batches * limit) == 0 and num_batches > 0 and limit > 0:
+        raise UserError(f"{key}={limit} is not valid here: {limit} of the {num_batches} batches is none; use at least "
+                        f"{1 / num_batches:.3g}, or a whole number of batches")
+    return int(num_batches * limit)
+
+
 class DataPipeline:
     """Datasets and loaders for `data=<name>`, split deterministically from the seed."""
 
-    def __init__(self, cfg: DictConfig, seed: int) -> None:
+    def __init__(self, cfg: DictConfig, seed: int, batch_limits: DictConfig | None = None) -> None:
+        """`batch_limits`: the trainer config, whose limit_*_batches setup() checks against the split sizes."""
         if cfg.name not in DATASETS:
             raise UserError(f"data.name={cfg.name!r} is not a known dataset: use one of {', '.join(DATASETS)}")
         super().__init__()  # lets Lightning's DataModule initialise itself when it is mixed in
-        self.cfg, self.seed = cfg, seed
+        self.cfg, self.seed, self.batch_limits = cfg, seed, batch_limits
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -64,6 +82,10 @@ class DataPipeline:
             self.train_set, self.val_set = random_split(full_train, [len(full_train) - n_val, n_val],
                                                         split_generator)
             self.test_set = self._torchvision(train=False, download=False)
+        if self.batch_limits is not None:  # before any training, in both engines: a limit that leaves no batch
+            for split in ("train", "val", "test"):
+                key = f"limit_{split}_batches"
+                limit_batches(len(getattr(self, f"{split}_dataloader")()), self.batch_limits.get(key), f"trainer.{key}")
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

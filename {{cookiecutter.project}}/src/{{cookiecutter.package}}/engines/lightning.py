@@ -27,7 +27,8 @@ from ..checkpoint import get_rng_state, set_rng_state
 def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[str, Any]:
     """Train with validation every epoch, then test with the best checkpoint. Returns the final metrics."""
     console.quiet_lightning()
-    datamodule, module = DataModule(cfg.data, seed=cfg.seed), Classifier(models.build_model(cfg.model), cfg)
+    datamodule = DataModule(cfg.data, seed=cfg.seed, batch_limits=cfg.trainer)
+    module = Classifier(models.build_model(cfg.model), cfg)
     checkpoints = run_dir / "checkpoints"
     best = ModelCheckpoint(dirpath=checkpoints, filename="best", monitor=cfg.callbacks.model_checkpoint.monitor,
                            mode=cfg.callbacks.model_checkpoint.mode, enable_version_counter=False)

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from .. import console, summaries, task
 from ..checkpoint import check_resume, get_rng_state, load_checkpoint, model_state_dict, save_checkpoint, set_rng_state
-from ..data import DataPipeline
+from ..data import DataPipeline, limit_batches
 from ..distributed import World, any_rank, barrier, current_world, is_ddp, reduce_sum
 from ..errors import TrainingStopped, UserError
 from ..guards import NonFiniteLossGuard
@@ -64,7 +64,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
     torch.autograd.set_detect_anomaly(bool(cfg.debug.detect_anomaly))  # debug=anomaly: slow, names the bad op
 
     # The data pipeline the Lightning engine wraps in a LightningDataModule, its hooks called by hand.
-    trainer.data = DataPipeline(cfg.data, seed=cfg.seed)
+    trainer.data = DataPipeline(cfg.data, seed=cfg.seed, batch_limits=cfg.trainer)
     if trainer.world.local_rank == 0:  # downloads: once per machine, as Lightning calls prepare_data
         trainer.data.prepare_data()
     barrier()  # under DDP the other ranks wait for it
@@ -225,19 +225,7 @@ def set_deterministic(deterministic: bool | str) -> None:
 
 
 # -- data --
-
-def limit_batches(num_batches: int, limit: int | float | None) -> int:
-    """Batches used per epoch under Lightning's `limit_*_batches`: an int counts batches, a float is a fraction."""
-    if limit is None:
-        return num_batches
-    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit < 0:
-        raise UserError(f"limit_*_batches={limit!r} is not valid: use a batch count (int) or a fraction (float)")
-    if isinstance(limit, int):
-        return min(num_batches, limit)
-    if limit > 1.0:
-        raise UserError(f"limit_*_batches={limit} is a fraction above 1.0: use at most 1.0, or an int batch count")
-    return int(num_batches * limit)
-
+# data.py: the pipeline (its hooks called in fit) and limit_batches, Lightning's limit_*_batches.
 
 # -- loop --
 
