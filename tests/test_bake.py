@@ -92,6 +92,7 @@ def test_default_bake_has_exactly_the_expected_files(default_bake):
 def test_the_generated_readme_stays_short(default_bake):
     """For users: at most 300 lines; method and figures live beside the code (tour/, benchmarks/)."""
     assert len((default_bake / "README.md").read_text().splitlines()) <= 300
+    assert len((TEMPLATE / "{{cookiecutter.project}}" / "README.md").read_text().splitlines()) <= 300  # unrendered
 
 
 def test_every_option_is_covered():
