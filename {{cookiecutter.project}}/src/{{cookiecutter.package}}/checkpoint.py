@@ -63,7 +63,7 @@ def written_by(checkpoint: dict[str, Any]) -> str | None:
     return "lightning" if "pytorch-lightning_version" in checkpoint else None
 
 
-def check_resume(path: Path, engine: str, model: nn.Module) -> dict[str, Any]:
+def load_for_resume(path: Path, engine: str, model: nn.Module) -> dict[str, Any]:
     """A checkpoint to resume from, checked before the resume touches anything, with one line for what is wrong:
     safe to load, written by `engine`, holding the training state (not best.ckpt's weights alone), and weights that
     fit `model` (the mismatched keys named). Returns its contents."""

@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import summaries
-from .checkpoint import check_resume
+from .checkpoint import load_for_resume
 from .distributed import check_distributed, fail_on_purpose, is_ddp, launch_workers, launched_world, process_group
 from .errors import UserError
 from .models import build_model
@@ -93,7 +93,7 @@ def train(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict[
         print(f"seed=null: this run's seed is {cfg.seed}", flush=True)
     checkpoint = find_checkpoint(cfg.ckpt_path, run_dir.parent)
     if checkpoint is not None:  # before any work, for both engines: a file that cannot resume this run is one line
-        check_resume(checkpoint, cfg.engine.name, build_model({**cfg.model, "compile": False}))
+        load_for_resume(checkpoint, cfg.engine.name, build_model({**cfg.model, "compile": False}))
     if is_ddp(cfg.trainer) and launched_world() is None:
         if checkpoint is not None:  # the workers resume the very file found here
             cfg = OmegaConf.merge(cfg, {"ckpt_path": str(checkpoint)})

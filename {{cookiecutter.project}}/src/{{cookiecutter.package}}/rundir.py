@@ -69,7 +69,7 @@ def remove_refused_run(run_dir: Path, log_dir: Path) -> None:
     """A run refused before it trained leaves nothing behind: its folder, if it holds nothing of a run (no
     checkpoints, events or metrics.json: only what Hydra and launch.py wrote first), goes, and so do the folders
     above it that this leaves empty, up to paths.log_dir. A resumed run's folder always holds checkpoints: kept."""
-    if not run_dir.is_dir() or any(run_dir.glob("checkpoints")) or any(run_dir.glob("metrics.json")) \
+    if not run_dir.is_dir() or (run_dir / "checkpoints").exists() or (run_dir / "metrics.json").exists() \
             or any(run_dir.glob("tensorboard/events.out.tfevents.*")):
         return
     shutil.rmtree(run_dir)

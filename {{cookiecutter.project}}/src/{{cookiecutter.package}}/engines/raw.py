@@ -32,7 +32,14 @@ from torchmetrics import Metric
 from tqdm import tqdm
 
 from .. import console, summaries, task
-from ..checkpoint import check_resume, get_rng_state, load_checkpoint, model_state_dict, save_checkpoint, set_rng_state
+from ..checkpoint import (
+    get_rng_state,
+    load_checkpoint,
+    load_for_resume,
+    model_state_dict,
+    save_checkpoint,
+    set_rng_state,
+)
 from ..data import DataPipeline, limit_batches
 from ..distributed import World, any_rank, barrier, current_world, is_ddp, reduce_sum
 from ..errors import TrainingStopped, UserError
@@ -502,7 +509,7 @@ def trainer_save_checkpoint(trainer: Trainer, name: str, weights_only: bool = Fa
 def restore_checkpoint(trainer: Trainer, path: Path) -> None:
     """What Trainer.fit(ckpt_path=...) restores: weights, optimizer, scheduler, scaler, early stopping, the loop's
     progress and (unlike Lightning, which does not save them) the random generators."""
-    state = check_resume(path, "raw", trainer.model)  # one line for a file that cannot resume this run
+    state = load_for_resume(path, "raw", trainer.model)  # one line for a file that cannot resume this run
     trainer.model.load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optimizer"])
     if trainer.schedule:
