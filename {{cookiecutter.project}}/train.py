@@ -16,7 +16,11 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from {{ cookiecutter.package }}.rundir import register_resolvers, remove_refused_run  # noqa: E402
+from {{ cookiecutter.package }}.rundir import (  # noqa: E402
+    register_resolvers,
+    remove_refused_run,
+    resumed_config_kept_on_failure,
+)
 
 register_resolvers()  # hydra.run.dir depends on ckpt_path: a resumed run continues in its own folder
 
@@ -31,7 +35,8 @@ def main(cfg: DictConfig) -> float:
     started = PROCESS_STARTED.pop("at", None) or time.perf_counter()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        metrics = train(cfg, run_dir, started=started)
+        with resumed_config_kept_on_failure(run_dir):  # a failed resume leaves its run's config as it was
+            metrics = train(cfg, run_dir, started=started)
     except UserError as err:
         remove_refused_run(run_dir, Path(cfg.paths.log_dir))  # a refused run leaves no folder behind
         if os.environ.get("HYDRA_FULL_ERROR") == "1":  # as Hydra's own errors: the traceback on request

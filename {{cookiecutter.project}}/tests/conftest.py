@@ -33,13 +33,28 @@ def compose_train(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
 def run_train(log_dir: Path, *overrides: str, python_flags: tuple[str, ...] = (),
               timeout: float = 300) -> subprocess.CompletedProcess:
     """`python train.py overrides...` as a user runs it, with outputs under `log_dir`. Options such as `-m`
-    go before the overrides."""
+    go before the overrides. `timeout` only bounds a run that hangs: one still running then is stopped (SIGTERM,
+    which a DDP launcher passes on to its workers, then SIGKILL) and fails the test with its whole output and
+    the logs of its ranks."""
     options = [arg for arg in overrides if arg.startswith("-")]
     overrides = tuple(arg for arg in overrides if not arg.startswith("-"))
-    return subprocess.run(
-        [sys.executable, *python_flags, "train.py", *options, f"paths.log_dir={log_dir}", *overrides],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout,
-    )
+    command = [sys.executable, *python_flags, "train.py", *options, f"paths.log_dir={log_dir}", *overrides]
+    with subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as run:
+        try:
+            stdout, stderr = run.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            run.terminate()
+            try:
+                stdout, stderr = run.communicate(timeout=90)
+            except subprocess.TimeoutExpired:
+                run.kill()
+                stdout, stderr = run.communicate()
+            logs = "".join(f"\n--- {log} ---\n{log.read_text(errors='replace')}"
+                           for log in sorted(log_dir.rglob("rank*.log")))
+            pytest.fail(f"{subprocess.list2cmdline(command)}: still running after {timeout} s, stopped\n"
+                        f"--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}{logs}", pytrace=False)
+    return subprocess.CompletedProcess(command, run.returncode, stdout, stderr)
 
 
 def run_dirs(log_dir: Path, engine: str) -> list[Path]:

@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import re
+import signal
 import subprocess
 import sys
 
@@ -15,13 +16,14 @@ import lightning as L
 import pytest
 import torch
 from conftest import PROJECT_ROOT, assert_same_curves, compose_train, run_dirs, scalars
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from {{ cookiecutter.package }} import task
 from {{ cookiecutter.package }}.checkpoint import load_checkpoint, model_state_dict
 from {{ cookiecutter.package }}.data import DataPipeline
 from {{ cookiecutter.package }}.engines import lightning as lightning_engine
 from {{ cookiecutter.package }}.engines import raw as raw_engine
-from {{ cookiecutter.package }}.errors import UserError
+from {{ cookiecutter.package }}.errors import TrainingStopped, UserError
 from {{ cookiecutter.package }}.launch import seed_everything
 from {{ cookiecutter.package }}.models import build_model
 
@@ -81,6 +83,34 @@ def test_resume_is_exact(tmp_path, engine):
     assert (metrics["epochs"], metrics["global_step"]) == (4, 24)
     straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_signal_in_the_middle_of_an_epoch_resumes_exactly(tmp_path, engine, signum):
+    """SIGTERM or Ctrl-C at step 9 (batch 3 of epoch 1): the run stops after that step, and resuming its last.ckpt
+    ends with the straight run's weights, bitwise: the same batches, dropout masks, batch-norm counts and schedule."""
+    common = ["model.dropout=0.3", "scheduler=onecycle", "trainer.max_epochs=3"]
+    train(engine, tmp_path / "straight", common)
+    steps = []
+
+    def signal_at_step_9(optimizer, args, kwargs):  # inside the step: the engines stop after it
+        steps.append(1)
+        if len(steps) == 9:
+            signal.raise_signal(signum)
+
+    hook = register_optimizer_step_pre_hook(signal_at_step_9)
+    try:
+        with pytest.raises(TrainingStopped, match=f"stopped by {signal.Signals(signum).name} at epoch 1, step 9;"):
+            train(engine, tmp_path / "resumed", common)
+    finally:
+        hook.remove()
+    last = tmp_path / "resumed" / "checkpoints" / "last.ckpt"
+    assert load_checkpoint(last).get("progress", load_checkpoint(last))["global_step"] == 9
+    _, metrics = train(engine, tmp_path / "resumed", common, ckpt_path=last)
+    assert (metrics["epochs"], metrics["global_step"]) == (3, 18)
+    straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert [k for k in straight if not torch.equal(straight[k], resumed[k])] == []
 
 
 def test_weights_are_interchangeable(tmp_path):

@@ -21,9 +21,10 @@ MARKER = re.compile(r"^\s*# -- (?P<name>[^-].*?) --\s*$")
 SECTIONS = ["fit", "device", "precision", "data", "loop", "step", "accumulation", "clipping", "scheduler",
             "validation", "non-finite loss", "checkpoints", "logging", "signals", "DDP"]
 FIT_MAX_LINES = 60  # one screen
-# Not blank, comment or docstring: about 80 for the idiomatic core (imports, fit, the Trainer's arguments, the
-# LightningModule) and 60 for the parity callbacks; a limit that keeps the file from growing.
-LIGHTNING_MAX_CODE_LINES = 140
+# Not blank, comment or docstring: about 85 for the idiomatic core (imports, fit, the Trainer's arguments, the
+# LightningModule, the DataModule's resume state) and 80 for the parity callbacks and the atomic checkpoint writer;
+# a limit that keeps the file from growing.
+LIGHTNING_MAX_CODE_LINES = 170
 
 
 def section_markers(text: str) -> list[str]:

@@ -14,21 +14,58 @@ from .errors import UserError
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Write to a temporary file in the same folder, flush it to disk, then rename it over `path`.
+    """Write to a temporary file in the same folder, flush it to disk, then rename it over `path`: both engines'
+    checkpoints (engine=lightning through AtomicCheckpointIO).
 
-    A crash at any moment leaves either the old file or the new one, never a truncated mix.
+    A crash at any moment leaves either the old file or the new one, never a truncated mix; a failed write (disk
+    full, no permission) is one line, and the old file stays.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
         with os.fdopen(fd, "wb") as file:
             torch.save(state, file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        fsync_folder(path.parent)  # the rename itself survives a power cut
+    except OSError as err:
+        raise UserError(f"cannot write checkpoint {path} ({err.strerror or err}): free disk space or fix the "
+                        f"folder's permissions; the previous {path.name}, if any, is unchanged") from err
+    finally:
+        if tmp is not None and Path(tmp).exists():
+            Path(tmp).unlink()
+
+
+TEMPORARY_SUFFIX = ".tmp"  # .<name>.<random>.tmp beside the checkpoint while it is written
+
+
+def fsync_folder(folder: Path) -> None:
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def prepare_checkpoint_dir(folder: Path) -> None:
+    """Before training, in both engines: the folder exists and takes a file (checked by writing one, as the
+    checkpoints will be written), and the temporary files of writes a killed run left behind are removed."""
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check.", suffix=TEMPORARY_SUFFIX):
+            pass
+        if created:
+            folder.rmdir()  # the first save creates it: a run refused later leaves no empty folder
+    except OSError as err:
+        raise UserError(f"checkpoints cannot be written to {folder} ({err.strerror or err}): make it a writable "
+                        "folder, or choose another paths.log_dir") from None
+    for orphan in folder.glob(f".*.ckpt.*{TEMPORARY_SUFFIX}"):
+        orphan.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

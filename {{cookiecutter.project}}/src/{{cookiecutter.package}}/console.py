@@ -30,6 +30,8 @@ def quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch.accelerators.cuda").setLevel(logging.WARNING)
     # Lightning's own use of a torch API that torch has deprecated: nothing the user can act on.
     warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+    # A mid-epoch resume is exact: the DataModule's state (engines/lightning.py) tells the sampler where to start.
+    warnings.filterwarnings("ignore", ".*resuming from a checkpoint that ended before the epoch ended.*")
     # A resumed run writes into its own checkpoints/ folder on purpose.
     warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
     # Advice for large datasets: the bundled data is a tensor in memory, where workers only cost start-up.

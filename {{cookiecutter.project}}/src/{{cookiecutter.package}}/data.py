@@ -4,11 +4,14 @@ engine=raw calls `prepare_data()`, `setup()` and the `*_dataloader()` methods it
 wraps this same class in a LightningDataModule and lets the Trainer call them.
 """
 
+from collections.abc import Iterator
+
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset, random_split
 
+from .datafiles import check_mnist_contents, mnist_split_files, torchvision_error
 from .errors import UserError
 
 # name -> (torchvision.datasets class, folder it creates under root, per-channel mean, per-channel std)
@@ -47,6 +50,21 @@ def limit_batches(num_batches: int, limit: int | float | None, key: str = "limit
     return int(num_batches * limit)
 
 
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler whose next pass can start part-way: after the samples of the batches a mid-epoch
+    checkpoint had already trained (its order is still the function of seed and epoch)."""
+
+    skip = 0  # samples of this rank's share to leave out, in the next pass only
+
+    def start_after(self, samples: int) -> None:
+        self.skip = samples
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())[self.skip:]
+        self.skip = 0
+        return iter(indices)
+
+
 class DataPipeline:
     """Datasets and loaders for `data=<name>`, split deterministically from the seed."""
 
@@ -59,6 +77,7 @@ class DataPipeline:
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
+        self.resume_batches = 0  # set by resume(): batches of the current epoch a checkpoint had trained
 
     def prepare_data(self) -> None:
         """Download, once per machine: on local rank 0 only, in both engines (Lightning's default)."""
@@ -88,7 +107,15 @@ class DataPipeline:
                 limit_batches(len(getattr(self, f"{split}_dataloader")()), self.batch_limits.get(key), f"trainer.{key}")
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        loader = self._loader(self.train_set, shuffle=True)
+        loader.sampler.start_after(self.resume_batches * self.cfg.batch_size)  # the first pass only
+        self.resume_batches = 0
+        return loader
+
+    def resume(self, batches_done: int) -> None:
+        """A checkpoint written `batches_done` batches into an epoch: the next train loader's first pass starts
+        after them, so that the resumed run trains on the batches the uninterrupted run would."""
+        self.resume_batches = batches_done
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)
@@ -104,7 +131,7 @@ class DataPipeline:
         # both engines see the same batches and a resumed run replays the exact order. Under DDP each rank
         # reads every world_size-th sample of that order (padded to equal shares); in one process, all.
         ranks, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
-        sampler = DistributedSampler(dataset, num_replicas=ranks, rank=rank, shuffle=shuffle, seed=self.seed) \
+        sampler = ResumableSampler(dataset, num_replicas=ranks, rank=rank, shuffle=shuffle, seed=self.seed) \
             if shuffle or ranks > 1 else None
         workers = self.cfg.num_workers
         return DataLoader(
@@ -123,14 +150,16 @@ class DataPipeline:
         import torchvision  # imported here: data=digits does not need it
         from torchvision.transforms import v2
 
-        class_name, folder, mean, std = TORCHVISION[self.cfg.name]
+        class_name, _, mean, std = TORCHVISION[self.cfg.name]
         transform = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+        dataset_class = getattr(torchvision.datasets, class_name)
         try:
-            return getattr(torchvision.datasets, class_name)(self.cfg.root, train=train, download=download,
-                                                              transform=transform)
-        except (RuntimeError, OSError) as err:  # torchvision: "Dataset not found"; offline: URLError
-            how = "could not be downloaded" if download else "data.download=false"
-            raise UserError(
-                f"data={self.cfg.name}: the {class_name} files are not in {self.cfg.root}/{folder} and {how} "
-                f"({err}). Put torchvision's files there, or train on the bundled data with data=digits"
-            ) from err
+            dataset = dataset_class(self.cfg.root, train=train, download=download, transform=transform)
+        except Exception as err:  # a damaged MNIST file raises ValueError, AssertionError, RuntimeError...
+            error = torchvision_error(self.cfg.name, dataset_class, self.cfg.root, train, download, err)
+            if error is None:  # no file explains it: torchvision's own error, with its traceback
+                raise
+            raise error from err
+        if not hasattr(dataset_class, "train_list"):  # MNIST-style (CIFAR-10's files passed torchvision's md5)
+            check_mnist_contents(self.cfg.name, dataset, *mnist_split_files(dataset_class, self.cfg.root, train))
+        return dataset

@@ -8,14 +8,18 @@ again.
 Both engines join the process group here, so its timeout and errors are the same in both; Lightning finds
 the group initialised and the torchelastic (or SLURM) environment it expects, and starts no processes of
 its own (which is what keeps Hydra multiruns from running a sweep twice).
+The workers train.py launches itself reach each other over the loopback interface alone: no port of theirs, nor
+of the launcher's, is open to other machines.
 """
 
 import datetime
 import gc
+import ipaddress
 import itertools
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -133,18 +137,20 @@ def launch_workers(cfg: DictConfig, run_dir: Path) -> None:
     """
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous import rendezvous_handler_registry
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     nproc = processes_per_node(cfg.trainer)
+    rendezvous_handler_registry.register(LOOPBACK_RENDEZVOUS, loopback_rendezvous)  # again: the same function
     with tempfile.TemporaryDirectory(prefix="ddp-launch-") as scratch:
         config_file = Path(scratch) / "config.yaml"
         OmegaConf.save(cfg, config_file, resolve=True)
         launch = LaunchConfig(
             min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=run_dir.name,
-            rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0",  # port 0: a free port, as `torchrun --standalone`
-            rdzv_configs={"timeout": cfg.distributed.timeout_s}, max_restarts=0, monitor_interval=0.1,
+            rdzv_backend=LOOPBACK_RENDEZVOUS, rdzv_endpoint=f"{LOOPBACK}:0",  # port 0: free ports, no race
+            rdzv_configs={"join_timeout": cfg.distributed.timeout_s}, max_restarts=0, monitor_interval=0.1,
             shutdown_timeout=60,  # seconds the workers get to exit (and save, on SIGTERM) before SIGKILL
-            logs_specs=DefaultLogsSpecs(log_dir=str(Path(scratch) / "logs")), local_addr="127.0.0.1",
+            logs_specs=DefaultLogsSpecs(log_dir=str(Path(scratch) / "logs")), local_addr=LOOPBACK,
         )
         print(f"launching {nproc} {cfg.engine.name} workers (torch elastic, {backend(cfg.trainer)}); "
               f"ranks > 0 log to {run_dir}/rank<N>.log", flush=True)
@@ -159,6 +165,53 @@ def launch_workers(cfg: DictConfig, run_dir: Path) -> None:
             raise UserError(describe_failure(failed, run_dir)) from None
         except SignalException as stop:  # SIGTERM/Ctrl-C: the launcher passed it on to every worker
             raise stopped_workers(stop.sigval, run_dir) from None
+
+
+# Every process of a run that launch_workers starts is on this machine: nothing it opens has to be reachable from
+# another one, and nothing is (tests/test_ddp.py checks it). The launcher (this process) serves two TCPStores: the
+# rendezvous' own, and the one the workers share as MASTER_ADDR:MASTER_PORT. torch's TCPStore(host_name, port,
+# is_master=True) binds its server to every interface (in6addr_any/INADDR_ANY, libuv's backend and the older one
+# alike): host_name is only where clients connect. Its one way to choose the address is `master_listen_fd`, a
+# socket already bound: loopback_store() binds it to 127.0.0.1, and loopback_rendezvous() is torch's c10d
+# rendezvous with both of its stores made that way.
+LOOPBACK = "127.0.0.1"
+LOOPBACK_RENDEZVOUS = "c10d-loopback"  # the rendezvous backend's name, for LaunchConfig(rdzv_backend=...)
+
+
+def loopback_store(timeout: datetime.timedelta) -> dist.TCPStore:
+    """A TCPStore server on a free port (its .port) that listens on 127.0.0.1 alone."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind((LOOPBACK, 0))
+    port = listener.getsockname()[1]
+    # detach(): the store owns the descriptor from here on, and closes it when it is destroyed.
+    return dist.TCPStore(LOOPBACK, port, is_master=True, timeout=timeout, master_listen_fd=listener.detach())
+
+
+def loopback_rendezvous(params):
+    """The handler of rendezvous backend LOOPBACK_RENDEZVOUS: torch's c10d rendezvous (what `torchrun
+    --standalone` runs), for the processes of one machine, whose two stores listen on 127.0.0.1 only.
+
+    The endpoint's address and port are not used: both stores take free ports (port 0), which the workers
+    learn from the launcher (MASTER_PORT, TORCHELASTIC_USE_AGENT_STORE=True: they connect, none serves).
+    """
+    from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import C10dRendezvousBackend
+    from torch.distributed.elastic.rendezvous.dynamic_rendezvous import DynamicRendezvousHandler, RendezvousTimeout
+
+    timeout = datetime.timedelta(seconds=params.get_as_int("join_timeout", 600))
+
+    class LoopbackRendezvousHandler(DynamicRendezvousHandler):
+        def get_backend(self) -> str:  # the registry checks that the handler it made has the name asked for
+            return LOOPBACK_RENDEZVOUS
+
+        def _create_tcp_store_server(self, master_addr: str, master_port: int) -> dist.TCPStore:
+            # torch's hook for the store it shares with the workers (MASTER_ADDR:MASTER_PORT), which it would
+            # bind to every interface; should torch rename it, tests/test_ddp.py fails on the run's sockets.
+            return loopback_store(timeout)
+
+    store = loopback_store(timeout)  # the rendezvous' own (torch's c10d backend would bind it to every interface)
+    return LoopbackRendezvousHandler.from_backend(params.run_id, store, C10dRendezvousBackend(store, params.run_id),
+                                                  params.min_nodes, params.max_nodes, params.local_addr,
+                                                  RendezvousTimeout(join=timeout))
 
 
 def stopped_workers(signum: int, run_dir: Path) -> TrainingStopped:
@@ -223,6 +276,8 @@ def process_group(cfg: DictConfig, run_dir: Path) -> Iterator[World]:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_node))
     if backend(cfg.trainer) == "nccl":
         torch.cuda.set_device(world.local_rank)
+    else:
+        keep_gloo_on_loopback()
     timeout = cfg.distributed.timeout_s
     address = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
     try:
@@ -249,6 +304,22 @@ def process_group(cfg: DictConfig, run_dir: Path) -> Iterator[World]:
         # active exception", SIGABRT), which the launcher reports as a failed rank.
         gc.collect()
         dist.destroy_process_group()
+
+
+def keep_gloo_on_loopback() -> None:
+    """When rank 0 is at a loopback address (the workers train.py launches itself; torchrun or srun given
+    MASTER_ADDR=127.0.0.1), every rank is on this machine: gloo's sockets listen on the loopback interface.
+    Left to itself gloo listens on the address this machine's host name resolves to, often one that other
+    machines reach. A GLOO_SOCKET_IFNAME of the user's own is left as it is."""
+    if "GLOO_SOCKET_IFNAME" in os.environ:
+        return
+    try:
+        local = os.environ["MASTER_ADDR"] == "localhost" or ipaddress.ip_address(os.environ["MASTER_ADDR"]).is_loopback
+    except ValueError:  # a host name
+        return
+    interface = next((name for _, name in socket.if_nameindex() if name.startswith("lo")), None)  # lo, lo0
+    if local and interface:
+        os.environ["GLOO_SOCKET_IFNAME"] = interface
 
 
 def set_slurm_main_address() -> None:

@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import summaries
-from .checkpoint import load_for_resume
+from .checkpoint import load_for_resume, prepare_checkpoint_dir
 from .distributed import check_distributed, fail_on_purpose, is_ddp, launch_workers, launched_world, process_group
 from .errors import UserError
 from .models import build_model
@@ -94,6 +94,8 @@ def train(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict[
     checkpoint = find_checkpoint(cfg.ckpt_path, run_dir.parent)
     if checkpoint is not None:  # before any work, for both engines: a file that cannot resume this run is one line
         load_for_resume(checkpoint, cfg.engine.name, build_model({**cfg.model, "compile": False}))
+    if launched_world() is None or launched_world().is_main:  # writable, and a killed run's temporary files gone
+        prepare_checkpoint_dir(run_dir / "checkpoints")
     if is_ddp(cfg.trainer) and launched_world() is None:
         if checkpoint is not None:  # the workers resume the very file found here
             cfg = OmegaConf.merge(cfg, {"ckpt_path": str(checkpoint)})

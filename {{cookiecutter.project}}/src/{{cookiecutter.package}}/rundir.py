@@ -8,8 +8,12 @@ Kept free of torch so that `python train.py --help` stays fast.
 
 import os
 import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -42,8 +46,21 @@ def run_dir(ckpt_path: str | None, engine_dir: str) -> str:
     except UserError:
         checkpoint = None  # launch.train reports the problem as one line, after Hydra has started
     if checkpoint is not None and checkpoint.parent.name == "checkpoints":
+        remember_resumed_run(checkpoint.parent.parent)  # before Hydra rewrites its .hydra/ files
         return str(checkpoint.parent.parent)
+    check_creatable(Path(engine_dir))
     return f"{engine_dir}/{(launcher_start_time() or datetime.now()).strftime(RUN_NAME_FORMAT)}"
+
+
+def check_creatable(folder: Path) -> None:
+    """Hydra creates the run folder before train.py runs, with a traceback if it cannot: one line instead. The
+    resolver runs while Hydra composes the config, so this exits by itself (Hydra would wrap an exception)."""
+    existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
+    problem = "is a file, not a folder" if not existing.is_dir() else \
+        "is not writable" if not os.access(existing, os.W_OK | os.X_OK) else None
+    if problem:
+        sys.exit(f"error: paths.log_dir: run folders go under {folder}, but {existing} {problem}: choose another "
+                 "paths.log_dir or fix that path")
 
 
 def launcher_start_time() -> datetime | None:
@@ -65,12 +82,40 @@ def launcher_start_time() -> datetime | None:
         return None
 
 
+# The resumed run's .hydra/*.yaml as they were before Hydra wrote this attempt's config over them, and the
+# state of its last.ckpt then.
+RESUMED: dict[str, Any] = {}
+
+
+def last_checkpoint_stamp(folder: Path) -> tuple[int, int] | None:
+    last = folder / "checkpoints" / "last.ckpt"
+    return (last.stat().st_mtime_ns, last.stat().st_size) if last.is_file() else None
+
+
+def remember_resumed_run(folder: Path) -> None:
+    RESUMED.update(folder=folder.resolve(), checkpoint=last_checkpoint_stamp(folder),
+                   files={path: path.read_bytes() for path in (folder / ".hydra").glob("*.yaml")})
+
+
+@contextmanager
+def resumed_config_kept_on_failure(run_dir: Path) -> Iterator[None]:
+    """A resume that fails before it saves a checkpoint (refused, stopped, crashed) leaves its run's .hydra/ config
+    as it was: Hydra rewrote it at the start with this attempt's overrides, which the checkpoint does not reflect."""
+    try:
+        yield
+    except BaseException:
+        if RESUMED.get("folder") == run_dir.resolve() and last_checkpoint_stamp(run_dir) == RESUMED["checkpoint"]:
+            for path, content in RESUMED["files"].items():
+                path.write_bytes(content)
+        raise
+
+
 def remove_refused_run(run_dir: Path, log_dir: Path) -> None:
     """A run refused before it trained leaves nothing behind: its folder, if it holds nothing of a run (no
-    checkpoints, events or metrics.json: only what Hydra and launch.py wrote first), goes, and so do the folders
-    above it that this leaves empty, up to paths.log_dir. A resumed run's folder always holds checkpoints: kept."""
-    if not run_dir.is_dir() or (run_dir / "checkpoints").exists() or (run_dir / "metrics.json").exists() \
-            or any(run_dir.glob("tensorboard/events.out.tfevents.*")):
+    checkpoint, logged events or metrics.json: only what Hydra, launch.py and a logger wrote first), goes, and so do
+    the folders above it that this leaves empty, up to paths.log_dir. A resumed run's folder holds checkpoints: kept."""
+    if not run_dir.is_dir() or any(run_dir.glob("checkpoints/*.ckpt")) or (run_dir / "metrics.json").exists() \
+            or any(holds_summaries(events) for events in run_dir.glob("tensorboard/events.out.tfevents.*")):
         return
     shutil.rmtree(run_dir)
     log_dir = log_dir.resolve()
@@ -78,6 +123,17 @@ def remove_refused_run(run_dir: Path, log_dir: Path) -> None:
         if not (parent == log_dir or log_dir in parent.parents) or any(parent.iterdir()):
             break
         parent.rmdir()
+
+
+def holds_summaries(events_file: Path) -> bool:
+    """Whether a TensorBoard events file holds anything logged (Lightning's logger creates the file, with only its
+    header, before a run is refused)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader  # on this error path only
+
+    try:
+        return any(event.HasField("summary") for event in EventFileLoader(str(events_file)).Load())
+    except Exception:  # unreadable: keep it
+        return True
 
 
 def register_resolvers() -> None:

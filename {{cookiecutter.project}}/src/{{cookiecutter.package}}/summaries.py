@@ -73,8 +73,12 @@ class Settings:
 
 def write_hparams(cfg: DictConfig, tensorboard_dir: Path) -> None:
     """The composed config beside the TensorBoard events, in both engines (Lightning keeps an existing file)."""
-    tensorboard_dir.mkdir(parents=True, exist_ok=True)
-    (tensorboard_dir / "hparams.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        tensorboard_dir.mkdir(parents=True, exist_ok=True)
+        (tensorboard_dir / "hparams.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    except OSError as err:
+        raise UserError(f"TensorBoard logs cannot be written to {tensorboard_dir} ({err.strerror or err}): make it a "
+                        "writable folder (logger.tensorboard.subdir), or choose another paths.log_dir") from None
 
 
 class NullWriter:

@@ -3,6 +3,7 @@ its schedule. engines/raw.py calls these from its loop, engines/lightning.py fro
 to the loss, the metric or the optimizer is one edit here.
 """
 
+import functools
 import inspect
 from dataclasses import dataclass
 
@@ -67,10 +68,27 @@ def configure_optimizers(cfg: DictConfig, model: nn.Module, total_steps: int) ->
     kwargs = {}
     if "total_steps" in inspect.signature(factory.func).parameters and "total_steps" not in factory.keywords:
         kwargs["total_steps"] = total_steps
+    check_one_cycle(factory, total_steps)
     scheduler = factory(optimizer, **kwargs)
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and not monitor:
         raise UserError("scheduler=plateau needs scheduler.monitor, the metric it reads (e.g. val/loss)")
     return optimizer, Schedule(scheduler, interval, monitor)
+
+
+def check_one_cycle(factory: functools.partial, total_steps: int) -> None:
+    """OneCycleLR splits its steps into phases; a first or last phase of no steps makes it divide by zero (at once, or
+    at the last step). Refuse such a plan by name before training."""
+    if not (isinstance(factory.func, type) and issubclass(factory.func, torch.optim.lr_scheduler.OneCycleLR)):
+        return
+    defaults = {name: p.default for name, p in inspect.signature(factory.func).parameters.items()}
+    pct_start = factory.keywords.get("pct_start", defaults["pct_start"])
+    total = factory.keywords.get("total_steps", total_steps)
+    ends = [pct_start * total - 1, 2 * pct_start * total - 2, total - 1] if \
+        factory.keywords.get("three_phase", defaults["three_phase"]) else [pct_start * total - 1, total - 1]
+    if ends[0] == 0 or ends[-1] == ends[-2]:
+        raise UserError(f"scheduler.pct_start={pct_start} over {total} optimizer steps gives OneCycleLR a phase of no "
+                        "steps (it would divide by zero): use another scheduler.pct_start or more steps "
+                        "(trainer.max_epochs, limit_train_batches), or scheduler=cosine")
 
 
 def check_resumable(saved_scheduler_state: dict | None, total_steps: int) -> None:

@@ -15,12 +15,14 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 from torchmetrics import Metric
 
 from .. import console, data, errors, guards, models, summaries, task
-from ..checkpoint import get_rng_state, set_rng_state
+from ..checkpoint import get_rng_state, save_checkpoint, set_rng_state
+from ..distributed import any_rank
 
 # -- fit --
 
@@ -42,15 +44,16 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
                  *([TQDMProgressBar()] if console.progress_bar_enabled(cfg.trainer) else [])]
     logger = TensorBoardLogger(save_dir=run_dir, name=cfg.logger.tensorboard.subdir, version="",
                                default_hp_metric=False)
-    trainer = L.Trainer(**trainer_arguments(cfg), logger=logger, callbacks=callbacks, default_root_dir=run_dir)
+    trainer = L.Trainer(**trainer_arguments(cfg), logger=logger, callbacks=callbacks, default_root_dir=run_dir,
+                        plugins=[AtomicCheckpointIO()])
 
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    except (SIGTERMException, SystemExit):  # Lightning exits on Ctrl-C after its on_exception hooks
-        if stop.signal is None:
-            raise
+    except SIGTERMException:  # SaveOnStop saved last.ckpt
         raise errors.TrainingStopped.by_signal(stop.signal, trainer.current_epoch, trainer.global_step,
                                                checkpoints) from None
+    except SystemExit:  # Lightning's exit on a second Ctrl-C (the first one stops after the step: SaveOnStop)
+        raise KeyboardInterrupt from None  # as engine=raw
     fit_metrics = {k: v.item() for k, v in trainer.callback_metrics.items() if k in console.EPOCH_FIELDS}
     trainer.test(module, datamodule=datamodule, ckpt_path=best.best_model_path or None, verbose=False,
                  weights_only=True)
@@ -83,7 +86,16 @@ def trainer_arguments(cfg: DictConfig) -> dict[str, Any]:
 # -- data --
 
 class DataModule(data.DataPipeline, L.LightningDataModule):
-    """The shared pipeline of data.py, seen by Lightning as a LightningDataModule."""
+    """The shared pipeline of data.py, seen by Lightning as a LightningDataModule. Its state in a checkpoint is how
+    far into the epoch training got, which a resume hands to data.py (Lightning would replay the epoch from its
+    start, as the DataLoader restarts): the state engine=raw saves as `data_order`."""
+
+    def state_dict(self) -> dict[str, Any]:
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        return {"batches_done": done % self.trainer.num_training_batches}  # 0 at the end of an epoch
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.resume(state["batches_done"])
 
 
 # -- loop --
@@ -189,7 +201,15 @@ class NonFiniteGuard(L.Callback):
 
 
 # -- checkpoints --
-# ModelCheckpoint `best` and `latest` (fit); Lightning's checkpoint_io writes the files.
+# ModelCheckpoint `best` and `latest` (fit); the strategy's checkpoint_io writes the files.
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """For parity and safety: checkpoint.py's write (a temporary file beside the target, fsync, rename), as in
+    engine=raw. Lightning's own write goes through a temporary file elsewhere and can leave an empty last.ckpt."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        save_checkpoint(checkpoint, Path(path))
+
 
 class ExactResume(L.Callback):
     """For parity: Lightning saves no random generator states, without which dropout after a resume would differ;
@@ -242,15 +262,37 @@ class TensorBoardSummaries(L.Callback):
 # -- signals --
 
 class SaveOnStop(L.Callback):
-    """For parity: on SIGTERM Lightning finishes the step and raises (Ctrl-C raises where the step is); save
-    last.ckpt to resume from. Other exceptions (a non-finite loss, a bug) save nothing: last.ckpt stays good."""
+    """For parity: SIGTERM and Ctrl-C stop after the current optimizer step, at the same step on every rank, and
+    save last.ckpt to resume from. Lightning alone would raise inside the step on Ctrl-C, and under DDP on each rank
+    at its own step (the ranks then wait for each other in the save). So the signal is only recorded; after each
+    step the ranks agree (any_rank) and take Lightning's SIGTERM path, which raises SIGTERMException once the step
+    is counted. A second Ctrl-C stops at once and saves nothing, as do other exceptions: last.ckpt stays good."""
 
     def __init__(self, path: Path) -> None:
-        self.path, self.signal = path, None
+        self.path, self.signal, self.previous = path, None, {}
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        def record(signum: int, frame: Any) -> None:
+            if self.signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.signal = self.signal or signum
+
+        self.previous = {sig: signal.signal(sig, record) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        window_done = (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or trainer.is_last_batch
+        if window_done and any_rank(self.signal is not None, module.device):
+            self.signal = self.signal or signal.SIGTERM  # another rank's
+            trainer._signal_connector.received_sigterm = True  # what Lightning's SIGTERM handler sets
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        for sig, handler in self.previous.items():  # Lightning's, which trainer.fit then restores
+            signal.signal(sig, handler)
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
-            self.signal = signal.SIGTERM if isinstance(exception, SIGTERMException) else signal.SIGINT
+        self.on_train_end(trainer, module)
+        if isinstance(exception, SIGTERMException):
             trainer.save_checkpoint(self.path, weights_only=False)  # everything, to resume
 
 

@@ -255,7 +255,9 @@ def train_epoch(trainer: Trainer) -> bool:
     each. False when max_steps ended the run inside the epoch."""
     trainer.train_loader.sampler.set_epoch(trainer.current_epoch)  # the shuffle order is a function of (seed, epoch)
     trainer.model.train()
-    batches = itertools.islice(enumerate(trainer.train_loader), trainer.batches_done, trainer.num_training_batches)
+    # After a mid-epoch resume the loader starts after the batches already trained (restore_checkpoint).
+    batches = itertools.islice(enumerate(trainer.train_loader, trainer.batches_done),
+                               trainer.num_training_batches - trainer.batches_done)
     with progress_bar(trainer, batches) as batches:
         for window in accumulation_windows(batches, trainer.accumulate_grad_batches):
             if max_steps_reached(trainer):
@@ -520,6 +522,7 @@ def restore_checkpoint(trainer: Trainer, path: Path) -> None:
     progress = state["progress"]
     trainer.current_epoch, trainer.batches_done = progress["epoch"], progress["batches_done"]
     trainer.global_step, trainer.best_score = progress["global_step"], progress["best_score"]
+    trainer.train_loader.sampler.start_after(trainer.batches_done * trainer.cfg.data.batch_size)  # data.py
     set_rng_state(state["rng"])
 
 
