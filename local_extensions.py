@@ -83,7 +83,8 @@ SHADOWED = {
     "pydevd_plugins", "pygments", "pylab", "pyparsing", "pytest", "pytorch_lightning", "ruff", "scipy",
     "setuptools", "sklearn", "sympy", "tensorboard", "tensorboard_data_server", "threadpoolctl", "torch",
     "torchgen", "torchmetrics", "torchvision", "tqdm", "triton", "typing_extensions", "tzdata", "werkzeug",
-    "wheel", "yaml",
+    "wheel", "yaml", "pre_commit", "pre_commit_hooks", "cfgv", "distlib", "identify", "nodeenv", "platformdirs",
+    "python_discovery", "ruamel", "virtualenv",
 }
 FREE_TEXT = ("project_name", "description", "author", "email")
 MAX_TEXT, MAX_NAME = 500, 100  # characters; the names become folder names (most file systems allow 255 bytes)

@@ -26,8 +26,9 @@ GROUP_OPTIONS = sorted(
 
 def test_every_config_file_is_covered():
     on_disk = {p.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.rglob("*.yaml")}
-    # compare.yaml: tests/test_compare.py
-    covered = {f"{group}/{option}.yaml" for group, option in GROUP_OPTIONS} | {"train.yaml", "compare.yaml"}
+    # compare.yaml: tests/test_compare.py; eval.yaml: tests/test_evaluate.py
+    covered = {f"{group}/{option}.yaml" for group, option in GROUP_OPTIONS} | {"train.yaml", "compare.yaml",
+                                                                                "eval.yaml"}
     assert on_disk == covered | {"hydra/launcher/slurm.yaml"}  # tested below (it needs a Hydra plugin)
 
 
@@ -49,6 +50,10 @@ def test_config_composes_and_resolves(group, option):
     cfg = compose_train([f"{group}={option}"] if group not in ("hydra",) else [])
     resolved = OmegaConf.to_container(cfg, resolve=True)  # every interpolation has a value
     assert resolved["seed"] == 42
+    if group == "experiment" and cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
+        with pytest.raises(UserError, match="trainer=cpu"):  # experiment=cifar10 is a GPU recipe
+            check_config(cfg)
+        return
     if group == "trainer" and option in ("gpu", "mps", "ddp"):
         available = {"gpu": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(),
                      "ddp": torch.cuda.device_count() >= cfg.trainer.devices}[option]

@@ -24,7 +24,7 @@ TAGS = {"train/loss", "val/loss", "val/acc", "test/acc", "test/loss", "lr"}
 METRICS_KEYS = {
     "engine", "seed", "processes", "device", "epochs", "global_step", "train/loss", "val/loss", "val/acc",
     "best_score", "monitor", "test/loss", "test/acc", "epoch_times_s", "startup_s", "wall_time_s", "peak_rss_mb",
-    "peak_cuda_mb", "run_dir",
+    "peak_cuda_mb", "run_dir", "tags", "weights_from",
 }
 
 

@@ -206,3 +206,38 @@ def test_a_fraction_of_batches_that_leaves_none_is_one_line_before_training(tmp_
         train(compose_train([f"engine={engine}", f"trainer.limit_{split}_batches=0.001"]), tmp_path / "run")
     assert str(refused.value).startswith(f"trainer.limit_{split}_batches=0.001 is not valid here: 0.001 of the ")
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained
+
+
+@pytest.mark.parametrize("engine", ["raw", "lightning"])
+def test_weights_from_starts_a_new_run_from_the_other_engines_weights(checkpoints, tmp_path, engine):
+    """weights_from: the other engine's best.ckpt as first weights, under a OneCycleLR planned for this run's steps
+    (what ckpt_path refuses); with a learning rate of ~0 the run ends where the checkpoint was."""
+    import contextlib
+    import io
+
+    import torch
+
+    from {{ cookiecutter.package }}.checkpoint import load_checkpoint, model_state_dict
+
+    source = checkpoints / ("lightning" if engine == "raw" else "raw") / "checkpoints" / "best.ckpt"
+    cfg = compose_train([f"engine={engine}", "model=mlp", "scheduler=onecycle", "optimizer.lr=1e-12", *SHORT_RUN,
+                         "trainer.max_epochs=1", f"weights_from={source}"])
+    with contextlib.redirect_stdout(io.StringIO()):
+        metrics = train(cfg, tmp_path / "run")
+    assert (metrics["weights_from"], metrics["epochs"], metrics["global_step"]) == (str(source), 1, 3)
+    start, end = model_state_dict(load_checkpoint(source)), model_state_dict(
+        load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt"))
+    assert all(torch.allclose(start[k], end[k], atol=1e-6) for k in start if k in end)
+
+
+def test_weights_from_refusals_are_one_line_before_any_work(checkpoints, tmp_path):
+    last = checkpoints / "raw" / "checkpoints" / "last.ckpt"
+    for overrides, message in [
+        ([f"weights_from={last}", f"ckpt_path={last}", "model=mlp"], "ckpt_path and weights_from are both set"),
+        ([f"weights_from={last}", "model=cnn"], f"weights_from={last} holds the weights of another model (missing"),
+        (["weights_from=last"], f"weights_from=last: no run under {tmp_path}/logs has checkpoints/last.ckpt"),
+    ]:
+        with pytest.raises(UserError) as refused:
+            train(compose_train(["engine=raw", *overrides]), tmp_path / "logs" / "run")
+        assert str(refused.value).startswith(message), str(refused.value)
+        assert not (tmp_path / "logs" / "run").exists()

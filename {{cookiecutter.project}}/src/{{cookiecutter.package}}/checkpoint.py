@@ -115,16 +115,34 @@ def load_for_resume(path: Path, engine: str, model: nn.Module) -> dict[str, Any]
     if ("progress" if writer == "raw" else "optimizer_states") not in state:
         raise UserError(f"ckpt_path={path} holds only the best weights, not the training state: resume from "
                         "last.ckpt (ckpt_path=last)")
+    check_weights_fit(model_state_dict(state), model, f"ckpt_path={path}",
+                      "resume with the run's own model config (its .hydra/config.yaml)")
+    return state
+
+
+def check_weights_fit(weights: dict[str, torch.Tensor], model: nn.Module, source: str, fix: str) -> None:
+    """One line naming the mismatched keys (missing, unexpected, other shapes) when `weights` do not fit `model`."""
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-    saved = {key: tuple(value.shape) for key, value in model_state_dict(state).items()}
+    saved = {key: tuple(value.shape) for key, value in weights.items()}
     if saved != expected:
         missing, unexpected = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys())
         resized = sorted(k for k in expected.keys() & saved.keys() if expected[k] != saved[k])
         parts = [f"{name} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}" for name, keys in
                  (("missing", missing), ("unexpected", unexpected), ("other shapes", resized)) if keys]
-        raise UserError(f"ckpt_path={path} holds the weights of another model ({'; '.join(parts)}): resume with "
-                        "the run's own model config (its .hydra/config.yaml)")
-    return state
+        raise UserError(f"{source} holds the weights of another model ({'; '.join(parts)}): {fix}")
+
+
+def load_weights(path: Path, model: nn.Module) -> None:
+    """weights_from: the model weights of a checkpoint of either engine (last.ckpt or best.ckpt) into `model`, which
+    a new run then trains with a new optimizer and schedule. Checked as a resume is: one line for a bad file."""
+    state = load_checkpoint(path)
+    if written_by(state) is None:
+        raise UserError(f"weights_from={path} is not a checkpoint of either engine (it has neither engine=raw's "
+                        "'engine' entry nor Lightning's 'pytorch-lightning_version')")
+    weights = model_state_dict(state)
+    check_weights_fit(weights, model, f"weights_from={path}", "start from a checkpoint of the same model config "
+                      "(model=, model.* as in its run's .hydra/config.yaml)")
+    model.load_state_dict(weights)
 
 
 def get_rng_state() -> dict[str, Any]:

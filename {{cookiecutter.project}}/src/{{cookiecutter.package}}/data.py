@@ -65,6 +65,40 @@ class ResumableSampler(DistributedSampler):
         return iter(indices)
 
 
+class EpochSampler(ResumableSampler):
+    """The same order, each index given as `epoch * len(dataset) + index`: the epoch reaches the dataset (also in
+    persistent worker processes, which never see set_epoch), so that Augmented draws from (seed, epoch, index)."""
+
+    def __iter__(self) -> Iterator[int]:
+        return (self.epoch * len(self.dataset) + index for index in super().__iter__())
+
+
+class Augmented(Dataset):
+    """The training split with random crops and flips (configs/data/*.yaml `augment`); validation and test never.
+
+    Each draw comes from a generator seeded by (seed, epoch, index): no global RNG is used, so both engines, any
+    num_workers and a resumed run augment every sample identically (EpochSampler passes the epoch).
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, crop_padding: int, horizontal_flip: bool) -> None:
+        self.dataset, self.seed, self.crop_padding, self.horizontal_flip = dataset, seed, crop_padding, horizontal_flip
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = divmod(key, len(self.dataset))
+        image, label = self.dataset[index]
+        generator = torch.Generator().manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_003 + index) % 2**63)
+        if self.crop_padding:  # pad with zeros (after normalisation: the mean colour), cut a random window back
+            pad, (height, width) = self.crop_padding, image.shape[-2:]
+            top, left = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
+            image = torch.nn.functional.pad(image, (pad, pad, pad, pad))[..., top:top + height, left:left + width]
+        if self.horizontal_flip and torch.rand((), generator=generator) < 0.5:
+            image = image.flip(-1)
+        return image, label
+
+
 class DataPipeline:
     """Datasets and loaders for `data=<name>`, split deterministically from the seed."""
 
@@ -101,6 +135,10 @@ class DataPipeline:
             self.train_set, self.val_set = random_split(full_train, [len(full_train) - n_val, n_val],
                                                         split_generator)
             self.test_set = self._torchvision(train=False, download=False)
+        augment = self.cfg.get("augment") or {}
+        if augment.get("crop_padding") or augment.get("horizontal_flip"):  # the training split only
+            self.train_set = Augmented(self.train_set, self.seed, augment.get("crop_padding", 0),
+                                       augment.get("horizontal_flip", False))
         if self.batch_limits is not None:  # before any training, in both engines: a limit that leaves no batch
             for split in ("train", "val", "test"):
                 key = f"limit_{split}_batches"
@@ -131,7 +169,8 @@ class DataPipeline:
         # both engines see the same batches and a resumed run replays the exact order. Under DDP each rank
         # reads every world_size-th sample of that order (padded to equal shares); in one process, all.
         ranks, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
-        sampler = ResumableSampler(dataset, num_replicas=ranks, rank=rank, shuffle=shuffle, seed=self.seed) \
+        sampler_class = EpochSampler if isinstance(dataset, Augmented) else ResumableSampler
+        sampler = sampler_class(dataset, num_replicas=ranks, rank=rank, shuffle=shuffle, seed=self.seed) \
             if shuffle or ranks > 1 else None
         workers = self.cfg.num_workers
         return DataLoader(

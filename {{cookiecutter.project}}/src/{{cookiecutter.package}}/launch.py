@@ -94,6 +94,12 @@ def train(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict[
     checkpoint = find_checkpoint(cfg.ckpt_path, run_dir.parent)
     if checkpoint is not None:  # before any work, for both engines: a file that cannot resume this run is one line
         load_for_resume(checkpoint, cfg.engine.name, build_model({**cfg.model, "compile": False}))
+    if cfg.get("weights_from") is not None:  # a new run from a checkpoint's weights, which build_model loads
+        if checkpoint is not None:
+            raise UserError("ckpt_path and weights_from are both set: ckpt_path continues its run exactly, "
+                            "weights_from starts a new run from a checkpoint's weights; give one of them")
+        cfg.weights_from = str(find_checkpoint(cfg.weights_from, run_dir.parent, key="weights_from"))
+        build_model({**cfg.model, "compile": False}, cfg.weights_from)
     if launched_world() is None or launched_world().is_main:  # writable, and a killed run's temporary files gone
         prepare_checkpoint_dir(run_dir / "checkpoints")
     if is_ddp(cfg.trainer) and launched_world() is None:
@@ -106,7 +112,7 @@ def train(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict[
         newest = f" (ckpt_path=last: the newest {cfg.engine.name} run)" if cfg.ckpt_path == "last" else ""
         print(f"resuming {checkpoint}{newest}", flush=True)
     with process_group(cfg, run_dir) as world, fail_on_purpose(cfg.debug):
-        if world.is_main:  # the composed config beside the TensorBoard events, in both engines
+        if world.is_main and not cfg.trainer.get("fast_dev_run"):  # beside the events (fast_dev_run logs nothing)
             summaries.write_hparams(cfg, run_dir / cfg.logger.tensorboard.subdir)
         seed_everything(cfg.seed)
         if cfg.engine.name == "raw":
@@ -121,6 +127,8 @@ def train(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict[
         "engine": cfg.engine.name,
         "seed": cfg.seed,
         "processes": world.size,
+        "tags": list(cfg.get("tags") or []),
+        "weights_from": cfg.get("weights_from"),
         **results,
         # From the process start (imports, config, data, model) to the first training step.
         "startup_s": round(train_started_at - started, 3) if train_started_at is not None else None,

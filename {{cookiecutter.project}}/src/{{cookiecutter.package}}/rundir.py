@@ -22,20 +22,21 @@ from .errors import UserError
 RUN_NAME_FORMAT = "%Y-%m-%d_%H-%M-%S_%f"  # microseconds: two runs started in the same second differ
 
 
-def find_checkpoint(ckpt_path: str | None, engine_dir: str | Path) -> Path | None:
-    """The checkpoint to resume: None for a new run, the newest run's last.ckpt for 'last', else the file."""
+def find_checkpoint(ckpt_path: str | None, engine_dir: str | Path, key: str = "ckpt_path") -> Path | None:
+    """The checkpoint `key` (ckpt_path, weights_from) names: None if unset, the newest run's last.ckpt for 'last',
+    else the file."""
     if ckpt_path in (None, "", "null", "None"):
         return None
     if ckpt_path == "last":
         runs = sorted(Path(engine_dir).glob("*/checkpoints/last.ckpt"), key=lambda p: p.parent.parent.name)
         if not runs:
-            raise UserError(f"ckpt_path=last: no run under {engine_dir} has checkpoints/last.ckpt to resume; "
-                            "train once without ckpt_path, or give ckpt_path=<file>")
+            raise UserError(f"{key}=last: no run under {engine_dir} has checkpoints/last.ckpt; train once without "
+                            f"{key}, or give {key}=<file>")
         return runs[-1]
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
-        raise UserError(f"ckpt_path={ckpt_path}: no such checkpoint file; use ckpt_path=last or the path of a "
-                        ".ckpt file (logs/train/<engine>/<run>/checkpoints/last.ckpt)")
+        raise UserError(f"{key}={ckpt_path}: no such checkpoint file; use {key}=last or the path of a .ckpt file "
+                        "(logs/train/<engine>/<run>/checkpoints/last.ckpt)")
     return path.resolve()
 
 

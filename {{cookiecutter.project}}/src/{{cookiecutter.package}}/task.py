@@ -22,10 +22,11 @@ SCHEDULER_DRIVER_KEYS = ("interval", "monitor")
 Batch = tuple[torch.Tensor, torch.Tensor]  # (images, class indices)
 
 
-def training_step(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """A batch -> the loss to minimise (the mean over the batch)."""
+def training_step(model: nn.Module, batch: Batch, label_smoothing: float = 0.0) -> torch.Tensor:
+    """A batch -> the loss to minimise (the mean over the batch), with model.label_smoothing (configs/model/).
+    Validation and test losses stay plain cross-entropy (evaluation_step)."""
     inputs, targets = batch
-    return F.cross_entropy(model(inputs), targets)
+    return F.cross_entropy(model(inputs), targets, label_smoothing=label_smoothing)
 
 
 def evaluation_step(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,6 +97,5 @@ def check_resumable(saved_scheduler_state: dict | None, total_steps: int) -> Non
     saved_total = (saved_scheduler_state or {}).get("total_steps")
     if saved_total is not None and saved_total != total_steps:
         raise UserError(f"the checkpoint's OneCycleLR was planned for {saved_total} steps, this run has {total_steps}: "
-                        "resume with the original trainer.max_epochs/max_steps, or use a scheduler that does not "
-                        "plan ahead (scheduler=cosine, step, plateau or none)")
-
+                        "resume with the original trainer.max_epochs/max_steps, or start a new run from its weights "
+                        "(weights_from=<the checkpoint> instead of ckpt_path), which plans a new schedule")

@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins import TorchCheckpointIO
+from lightning.pytorch.profilers import PyTorchProfiler
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 from torchmetrics import Metric
@@ -30,7 +31,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
     """Train with validation every epoch, then test with the best checkpoint. Returns the final metrics."""
     console.quiet_lightning()
     datamodule = DataModule(cfg.data, seed=cfg.seed, batch_limits=cfg.trainer)
-    module = Classifier(models.build_model(cfg.model), cfg)
+    module = Classifier(models.build_model(cfg.model, cfg.weights_from), cfg)
     checkpoints = run_dir / "checkpoints"
     best = ModelCheckpoint(dirpath=checkpoints, filename="best", monitor=cfg.callbacks.model_checkpoint.monitor,
                            mode=cfg.callbacks.model_checkpoint.mode, enable_version_counter=False)
@@ -69,10 +70,13 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
 
 def trainer_arguments(cfg: DictConfig) -> dict[str, Any]:
     """lightning.Trainer arguments: configs/trainer/*.yaml as they are, the debug switch, the console as
-    engine=raw's (no model summary), and data.py's DistributedSampler, the one engine=raw uses."""
+    engine=raw's (no model summary), data.py's DistributedSampler, the one engine=raw uses, and for
+    profiler=pytorch engine=raw's schedule (Lightning's default one records every step of a short run)."""
+    profiler = cfg.trainer.get("profiler")
     return {**cfg.trainer, "enable_progress_bar": console.progress_bar_enabled(cfg.trainer),
             "enable_model_summary": False, "detect_anomaly": bool(cfg.debug.detect_anomaly),
-            "use_distributed_sampler": False}
+            "use_distributed_sampler": False, "profiler": PyTorchProfiler(schedule=torch.profiler.schedule(
+                wait=1, warmup=1, active=3, repeat=1)) if profiler == "pytorch" else profiler}
 
 
 # -- device --
@@ -129,12 +133,12 @@ class Classifier(L.LightningModule):
 
     def __init__(self, model: torch.nn.Module, cfg: DictConfig) -> None:
         super().__init__()
-        self.model, self.cfg = model, cfg
+        self.model, self.cfg, self.label_smoothing = model, cfg, cfg.model.get("label_smoothing", 0.0)
         self.val_acc = task.accuracy(cfg.data.num_classes)
         self.test_acc = task.accuracy(cfg.data.num_classes)
 
     def training_step(self, batch: task.Batch, batch_idx: int) -> torch.Tensor:
-        loss = task.training_step(self.model, batch)
+        loss = task.training_step(self.model, batch, self.label_smoothing)
         # self.log costs about half a millisecond per call on a CPU: logging every step made the default digits
         # epoch 10 % slower (0.163 s against 0.148 s, medians of 2 runs each, benchmarks/README.md). So call it where
         # the value is used: at the steps the logger writes, and at the last step of an epoch or of the run.

@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
 from torchmetrics import Metric
 from tqdm import tqdm
@@ -52,7 +52,8 @@ SUPPORTED_TRAINER_KEYS = {
     "accelerator", "devices", "precision", "max_epochs", "max_steps", "gradient_clip_val",
     "gradient_clip_algorithm", "accumulate_grad_batches", "check_val_every_n_epoch", "limit_train_batches",
     "limit_val_batches", "limit_test_batches", "log_every_n_steps", "enable_progress_bar", "deterministic",
-    "strategy", "num_nodes",
+    "strategy", "num_nodes", "fast_dev_run", "overfit_batches", "val_check_interval",
+    "profiler",
 }
 Batch = task.Batch
 
@@ -76,13 +77,15 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
         trainer.data.prepare_data()
     barrier()  # under DDP the other ranks wait for it
     trainer.data.setup("fit")
-    trainer.train_loader, trainer.val_loader = trainer.data.train_dataloader(), trainer.data.val_dataloader()
-    trainer.num_training_batches = limit_batches(len(trainer.train_loader), cfg.trainer.limit_train_batches)
-    trainer.num_val_batches = limit_batches(len(trainer.val_loader), cfg.trainer.limit_val_batches)
+    trainer.train_loader = resolve_overfit_batches(trainer, trainer.data.train_dataloader())
+    trainer.val_loader = trainer.data.val_dataloader()
+    trainer.num_training_batches = limit_batches(len(trainer.train_loader), trainer.limit_train_batches)
+    trainer.num_val_batches = limit_batches(len(trainer.val_loader), trainer.limit_val_batches)
+    trainer.val_check_batch = val_check_batch(trainer)  # validate after every val_check_batch-th batch
 
     # The model, on the device in the parameter dtype; under DDP also wrapped (ddp_model), and what
     # LightningModule.configure_optimizers returns (task.py), for the steps the run will take.
-    trainer.model = build_model(cfg.model).to(trainer.device, trainer.precision.param_dtype)
+    trainer.model = build_model(cfg.model, cfg.weights_from).to(trainer.device, trainer.precision.param_dtype)
     trainer.ddp_model = wrap_ddp(trainer.model, trainer.device) if is_ddp(cfg.trainer) else trainer.model
     trainer.optimizer, trainer.schedule = task.configure_optimizers(cfg, trainer.model,
                                                                     estimated_stepping_batches(trainer))
@@ -98,7 +101,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
     trainer.logger = setup_logger(trainer)
 
     trainer.train_started_at = time.perf_counter()  # start-up ends here (metrics.json: startup_s)
-    with stop_on_signals() as trainer.stop_requested:
+    with stop_on_signals() as trainer.stop_requested, setup_profiler(trainer) as trainer.profiler:
         fit_loop(trainer)
     test_metrics = test_loop(trainer)
     return {
@@ -139,6 +142,7 @@ class Trainer:
     summaries: summaries.Summaries
     logger: SummaryWriter | summaries.NullWriter
     progress: tqdm  # this epoch's progress bar (disabled off a terminal)
+    profiler: "torch.profiler.profile | PassThroughProfiler"
     stop_requested: Callable[[], int | None]
     train_started_at: float
 
@@ -151,6 +155,8 @@ class Trainer:
         self.gradient_clip_algorithm = settings.gradient_clip_algorithm
         self.check_val_every_n_epoch = settings.check_val_every_n_epoch
         self.log_every_n_steps = settings.log_every_n_steps
+        self.label_smoothing = cfg.model.get("label_smoothing", 0.0)
+        init_debugging_flags(self, settings)  # limits, fast_dev_run, overfit_batches, val_check_interval
         self.monitor, self.mode = cfg.callbacks.model_checkpoint.monitor, cfg.callbacks.model_checkpoint.mode
         self.checkpoint_dir = run_dir / "checkpoints"
         # Progress: where the run is (restored from last.ckpt on resume).
@@ -159,10 +165,31 @@ class Trainer:
         self.global_step = 0  # optimizer steps done
         self.best_score: float | None = None  # of `monitor`, in the epoch whose weights best.ckpt holds
         self.should_stop = False  # set by early stopping
+        self.improved = False  # whether this epoch's validation improved `monitor` (best.ckpt is then rewritten)
         self.last_loss = torch.tensor(float("nan"))
         self.learning_rate = 0.0  # of the latest optimizer step
         self.val_metrics: dict[str, float] = {}
         self.epoch_times: list[float] = []
+
+
+def init_debugging_flags(trainer: Trainer, settings: DictConfig) -> None:
+    """Lightning's _init_debugging_flags: fast_dev_run=N (debug=fdr) runs N batches of each split in one epoch and
+    writes nothing (no TensorBoard, no checkpoints, no early stopping); overfit_batches (debug=overfit) trains and
+    validates on the first batches of their splits, every epoch. Both override limit_*_batches."""
+    trainer.limit_train_batches, trainer.limit_val_batches = settings.limit_train_batches, settings.limit_val_batches
+    trainer.limit_test_batches = settings.limit_test_batches
+    trainer.fast_dev_run, trainer.overfit_batches = int(settings.fast_dev_run), settings.overfit_batches
+    trainer.val_check_interval = 1.0 if settings.val_check_interval is None else settings.val_check_interval
+    if trainer.fast_dev_run:
+        batches = trainer.fast_dev_run
+        trainer.limit_train_batches = trainer.limit_val_batches = trainer.limit_test_batches = batches
+        trainer.max_steps, trainer.max_epochs, trainer.check_val_every_n_epoch = batches, 1, 1
+        trainer.val_check_interval = 1.0
+    if trainer.overfit_batches > 0:
+        trainer.limit_train_batches = trainer.limit_val_batches = trainer.overfit_batches
+    # ModelCheckpoint and EarlyStopping act at the end of the epoch, unless validation may run inside it or skip
+    # epochs: then after each validation (Lightning's _should_save_on_train_epoch_end, int 1 == 1.0 included).
+    trainer.save_on_train_epoch_end = trainer.val_check_interval == 1.0 and trainer.check_val_every_n_epoch == 1
 
 
 def check_trainer_keys(settings: DictConfig) -> None:
@@ -234,6 +261,15 @@ def set_deterministic(deterministic: bool | str) -> None:
 # -- data --
 # data.py: the pipeline (its hooks called in fit) and limit_batches, Lightning's limit_*_batches.
 
+def resolve_overfit_batches(trainer: Trainer, loader: DataLoader) -> DataLoader:
+    """Trainer(overfit_batches): the training loader without shuffling, as Lightning swaps in a SequentialSampler
+    over the whole training set (on every rank), so that each epoch trains on the same first batches."""
+    if not trainer.overfit_batches:
+        return loader
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, num_workers=loader.num_workers,
+                      pin_memory=loader.pin_memory, persistent_workers=loader.persistent_workers,
+                      generator=loader.generator)
+
 # -- loop --
 
 def fit_loop(trainer: Trainer) -> None:
@@ -243,43 +279,69 @@ def fit_loop(trainer: Trainer) -> None:
             break
         trainer.current_epoch = epoch
         epoch_started = time.perf_counter()
-        finished = train_epoch(trainer)  # False: max_steps cut it short, and (as in Lightning) no validation
-        improved = False
-        if finished and (epoch + 1) % trainer.check_val_every_n_epoch == 0:
-            improved = validation_loop(trainer)
-        on_train_epoch_end(trainer, epoch_started, improved)
+        trainer.improved = False
+        train_epoch(trainer)  # with its validations
+        on_train_epoch_end(trainer, epoch_started)
 
 
-def train_epoch(trainer: Trainer) -> bool:
+def train_epoch(trainer: Trainer) -> None:
     """Lightning's training epoch loop: optimizer steps over the epoch's batches, `accumulate_grad_batches` batches
-    each. False when max_steps ended the run inside the epoch."""
-    trainer.train_loader.sampler.set_epoch(trainer.current_epoch)  # the shuffle order is a function of (seed, epoch)
+    each, validation after every val_check_batch-th batch (by default the last: none when max_steps or early
+    stopping ends the epoch before it)."""
+    if isinstance(trainer.train_loader.sampler, DistributedSampler):  # not under overfit_batches
+        trainer.train_loader.sampler.set_epoch(trainer.current_epoch)  # the order: a function of (seed, epoch)
     trainer.model.train()
     # After a mid-epoch resume the loader starts after the batches already trained (restore_checkpoint).
     batches = itertools.islice(enumerate(trainer.train_loader, trainer.batches_done),
                                trainer.num_training_batches - trainer.batches_done)
     with progress_bar(trainer, batches) as batches:
         for window in accumulation_windows(batches, trainer.accumulate_grad_batches):
-            if max_steps_reached(trainer):
-                return False
+            if max_steps_reached(trainer) or trainer.should_stop:
+                return
             optimizer_step(trainer, [batch for _, batch in window])
             trainer.global_step += 1
             trainer.batches_done = window[-1][0] + 1
             on_train_batch_end(trainer)
+            if should_check_val(trainer):
+                validation_loop(trainer)
+                trainer.model.train()  # back from eval mode, for the epoch's remaining batches
     trainer.batches_done = 0
-    return True
 
 
-def on_train_epoch_end(trainer: Trainer, epoch_started: float, improved: bool) -> None:
+def val_check_batch(trainer: Trainer) -> int:
+    """Trainer(val_check_interval): an int validates every that many training batches, a float after that
+    fraction of the epoch's batches (1.0, the default: at its end), as Lightning's fit loop computes it."""
+    interval, batches = trainer.val_check_interval, trainer.num_training_batches
+    window = trainer.accumulate_grad_batches
+    if isinstance(interval, int) and interval > batches:
+        raise UserError(f"trainer.val_check_interval={interval} is not valid here: it must be at most the number of "
+                        f"training batches ({batches}), or a fraction")
+    check_batch = interval if isinstance(interval, int) else max(1, int(batches * interval))
+    if check_batch % window and check_batch != batches:
+        raise UserError(f"trainer.val_check_interval={interval} (every {check_batch} batches) with trainer."
+                        f"accumulate_grad_batches={window} is not implemented by engine=raw: validation inside an "
+                        "accumulation window; use a multiple of it, or engine=lightning")
+    return check_batch
+
+
+def should_check_val(trainer: Trainer) -> bool:
+    """Lightning's _should_check_val_fx: on every check_val_every_n_epoch-th epoch, after each val_check_batch-th
+    batch of it (always the end of an accumulation window: val_check_batch)."""
+    return ((trainer.current_epoch + 1) % trainer.check_val_every_n_epoch == 0
+            and trainer.batches_done % trainer.val_check_batch == 0)
+
+
+def on_train_epoch_end(trainer: Trainer, epoch_started: float) -> None:
     """After validation: the epoch-interval scheduler, the epoch's time, ModelCheckpoint's saves, the console line."""
     if trainer.schedule and trainer.schedule.interval == "epoch":
         lr_scheduler_step(trainer.schedule, trainer.val_metrics)
     # Training and validation; the checkpoint writes below are outside it, as in Lightning's EpochTimer.
     trainer.epoch_times.append(time.perf_counter() - epoch_started)
-    if improved:
+    if trainer.improved and trainer.save_on_train_epoch_end:
         trainer_save_checkpoint(trainer, "best.ckpt", weights_only=True)
     trainer.current_epoch += 1  # epochs done: where a resume from this last.ckpt starts
-    trainer_save_checkpoint(trainer, "last.ckpt")
+    if trainer.save_on_train_epoch_end:
+        trainer_save_checkpoint(trainer, "last.ckpt")
     console.print_epoch(trainer.current_epoch - 1, {"train/loss": trainer.last_loss.item(),
                                                     **{f"val/{k}": v for k, v in trainer.val_metrics.items()}})
 
@@ -302,8 +364,9 @@ def training_step(trainer: Trainer, batch: Batch) -> torch.Tensor:
     device, autocast, and the non-finite guard's record (on the device: no host sync)."""
     inputs, targets = batch_to_device(batch, trainer.device, trainer.precision)
     with autocast(trainer.device, trainer.precision):
-        loss = task.training_step(trainer.ddp_model, (inputs, targets))
+        loss = task.training_step(trainer.ddp_model, (inputs, targets), trainer.label_smoothing)
     trainer.non_finite.record(loss, inputs, trainer.current_epoch, trainer.global_step)
+    trainer.profiler.step()  # where Lightning's PyTorchProfiler steps: at the end of training_step
     return loss
 
 
@@ -373,33 +436,39 @@ def lr_scheduler_step(schedule: task.Schedule, val_metrics: dict[str, float]) ->
 
 # -- validation --
 
-def validation_loop(trainer: Trainer) -> bool:
-    """Lightning's validation loop at the end of an epoch, then what ModelCheckpoint(monitor) and EarlyStopping
-    do with its metrics. Returns whether the monitored metric improved (best.ckpt is then rewritten)."""
+def validation_loop(trainer: Trainer) -> None:
+    """Lightning's validation loop (at the end of an epoch, or inside it: val_check_interval), then what
+    ModelCheckpoint(monitor) and EarlyStopping do with its metrics: best.ckpt is rewritten when `monitor` improved,
+    at the epoch's end or, when validation may run inside it, at once (and last.ckpt too)."""
     trainer.val_metrics = evaluation_loop(trainer.ddp_model, trainer.val_loader, trainer.num_val_batches,
                                           trainer.accuracy, trainer.device, trainer.precision)
     for name, value in trainer.val_metrics.items():  # at the index of the epoch's last step, as Lightning logs them
         trainer.logger.add_scalar(f"val/{name}", value, trainer.global_step - 1)
     trainer.logger.add_scalar("epoch", trainer.current_epoch, trainer.global_step - 1)
+    if trainer.fast_dev_run:  # Lightning's fast_dev_run: no checkpoints, no early stopping
+        return
     score = trainer.val_metrics[trainer.monitor.removeprefix("val/")]  # the same on every rank: reduced over all
     best = trainer.best_score
-    improved = best is None or (score > best if trainer.mode == "max" else score < best)
-    if improved:
+    trainer.improved = best is None or (score > best if trainer.mode == "max" else score < best)
+    if trainer.improved:
         trainer.best_score = score
     trainer.early_stopping.update(trainer.val_metrics)
     trainer.should_stop = trainer.early_stopping.should_stop
-    return improved
+    if not trainer.save_on_train_epoch_end:  # ModelCheckpoint.on_validation_end
+        if trainer.improved:
+            trainer_save_checkpoint(trainer, "best.ckpt", weights_only=True)
+        trainer_save_checkpoint(trainer, "last.ckpt")
 
 
 def test_loop(trainer: Trainer) -> dict[str, float]:
     """Trainer.test(ckpt_path="best"): the test set with the best weights, and its TensorBoard figures."""
     best_path = trainer.checkpoint_dir / "best.ckpt"
     barrier()  # rank 0 has finished writing it
-    if best_path.is_file():
+    if best_path.is_file() and not trainer.fast_dev_run:  # fast_dev_run: the weights as they are
         trainer.model.load_state_dict(model_state_dict(load_checkpoint(best_path)))
     trainer.data.setup("test")
     test_loader = trainer.data.test_dataloader()
-    num_test_batches = limit_batches(len(test_loader), trainer.cfg.trainer.limit_test_batches)
+    num_test_batches = limit_batches(len(test_loader), trainer.limit_test_batches)
     trainer.summaries.on_test_start(trainer.device)
     metrics = evaluation_loop(trainer.ddp_model, test_loader, num_test_batches, trainer.accuracy, trainer.device,
                               trainer.precision, observe=trainer.summaries.on_test_batch_end)
@@ -486,7 +555,7 @@ def trainer_save_checkpoint(trainer: Trainer, name: str, weights_only: bool = Fa
     """Trainer.save_checkpoint: last.ckpt holds everything to resume exactly; best.ckpt (weights_only) the model.
     Rank 0 writes; the write is atomic (checkpoint.py)."""
     trainer.non_finite.check(trainer.model)  # never overwrite the last good state with a broken one
-    if not trainer.world.is_main:
+    if not trainer.world.is_main or trainer.fast_dev_run:  # fast_dev_run: no checkpoints
         return
     state = {"engine": "raw", "model": trainer.model.state_dict(), "config": OmegaConf.to_yaml(trainer.cfg)}
     if weights_only:
@@ -522,7 +591,8 @@ def restore_checkpoint(trainer: Trainer, path: Path) -> None:
     progress = state["progress"]
     trainer.current_epoch, trainer.batches_done = progress["epoch"], progress["batches_done"]
     trainer.global_step, trainer.best_score = progress["global_step"], progress["best_score"]
-    trainer.train_loader.sampler.start_after(trainer.batches_done * trainer.cfg.data.batch_size)  # data.py
+    if isinstance(trainer.train_loader.sampler, DistributedSampler):  # overfit_batches: from the first batch
+        trainer.train_loader.sampler.start_after(trainer.batches_done * trainer.cfg.data.batch_size)  # data.py
     set_rng_state(state["rng"])
 
 
@@ -532,12 +602,40 @@ def setup_logger(trainer: Trainer) -> SummaryWriter | summaries.NullWriter:
     """TensorBoardLogger: rank 0 writes events to <run>/tensorboard/ (launch.py wrote hparams.yaml there), the other
     ranks get a writer that writes nothing. purge_step drops the events a crashed run logged after its checkpoint,
     so that the curves of a resumed run continue cleanly."""
-    if not trainer.world.is_main:
+    if not trainer.world.is_main or trainer.fast_dev_run:  # fast_dev_run: Lightning's DummyLogger
         return summaries.NullWriter()
     writer = SummaryWriter(trainer.run_dir / trainer.cfg.logger.tensorboard.subdir,
                            purge_step=trainer.global_step or None)
     trainer.summaries.on_train_start(writer, trainer.model, trainer.data.train_set, trainer.global_step)
     return writer
+
+
+class PassThroughProfiler:
+    """Trainer(profiler=None): Lightning's stand-in that records nothing."""
+
+    def step(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def setup_profiler(trainer: Trainer) -> Iterator["torch.profiler.profile | PassThroughProfiler"]:
+    """Trainer(profiler="pytorch") (debug=profiler): torch.profiler around the fit loop, stepped after each
+    training_step as Lightning's PyTorchProfiler, on the schedule engines/lightning.py gives it (once: warm up in
+    the first step, record the next 3), counted as Lightning counts (from 1). The trace goes where Lightning writes
+    its own, beside the TensorBoard events: <run>/tensorboard/fit-training_step.<time>.pt.trace.json."""
+    setting = trainer.cfg.trainer.profiler
+    if setting is None:
+        yield PassThroughProfiler()
+        return
+    if setting != "pytorch":
+        raise UserError(f"trainer.profiler={setting} is not implemented by engine=raw: use pytorch, or "
+                        "engine=lightning")
+    schedule = torch.profiler.schedule(wait=1, warmup=1, active=3, repeat=1)
+    rank = f"-{trainer.world.local_rank}" if trainer.world.size > 1 else ""  # Lightning names the rank, too
+    trace = torch.profiler.tensorboard_trace_handler(str(trainer.run_dir / trainer.cfg.logger.tensorboard.subdir),
+                                                     f"fit{rank}-training_step")
+    with torch.profiler.profile(schedule=lambda step: schedule(step + 1), on_trace_ready=trace) as profiler:
+        yield profiler
 
 
 def on_before_optimizer_step(trainer: Trainer) -> None:
