@@ -16,8 +16,11 @@ TARGETS = re.findall(r"^([a-z-]+):", (PROJECT_ROOT / "Makefile").read_text(), re
 
 
 def make(*args: str, folder=PROJECT_ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run(["make", f"PYTHON={sys.executable}", *args], cwd=folder, capture_output=True, text=True,
-                          timeout=600)
+    """`make args` in `folder`, as a user types it: not as a sub-make of a `make test` that runs this suite (whose
+    MAKEFLAGS and MAKELEVEL would make it print the directories it enters)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    return subprocess.run(["make", f"PYTHON={sys.executable}", *args], cwd=folder, env=env, capture_output=True,
+                          text=True, timeout=600)
 
 
 @needs_make
