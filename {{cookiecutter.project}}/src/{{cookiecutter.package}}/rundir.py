@@ -121,9 +121,14 @@ def remove_refused_run(run_dir: Path, log_dir: Path) -> None:
     shutil.rmtree(run_dir)
     log_dir = log_dir.resolve()
     for parent in run_dir.resolve().parents:
-        if not (parent == log_dir or log_dir in parent.parents) or any(parent.iterdir()):
+        if not (parent == log_dir or log_dir in parent.parents):
             break
-        parent.rmdir()
+        try:
+            parent.rmdir()  # only when empty: atomic, as another refused run may be removing the same folders
+        except FileNotFoundError:
+            continue  # that other run removed it
+        except OSError:
+            break  # not empty: a run of its own lives there
 
 
 def holds_summaries(events_file: Path) -> bool:
