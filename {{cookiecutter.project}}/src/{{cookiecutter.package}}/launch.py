@@ -100,8 +100,7 @@ def train(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict[
                             "weights_from starts a new run from a checkpoint's weights; give one of them")
         cfg.weights_from = str(find_checkpoint(cfg.weights_from, run_dir.parent, key="weights_from"))
         build_model({**cfg.model, "compile": False}, cfg.weights_from)
-    launched = launched_world()
-    if launched is None or launched.is_main:  # writable, and a killed run's temporary files gone
+    if launched_world() is None or launched_world().is_main:  # writable, and a killed run's temporary files gone
         prepare_checkpoint_dir(run_dir / "checkpoints")
     if is_ddp(cfg.trainer) and launched_world() is None:
         if checkpoint is not None:  # the workers resume the very file found here
