@@ -85,6 +85,12 @@ SHADOWED = {
     "torchgen", "torchmetrics", "torchvision", "tqdm", "triton", "typing_extensions", "tzdata", "werkzeug",
     "wheel", "yaml", "pre_commit", "pre_commit_hooks", "cfgv", "distlib", "identify", "nodeenv", "platformdirs",
     "python_discovery", "ruamel", "virtualenv",
+    # the export and serve extras
+    "onnx", "onnx_ir", "onnxruntime", "onnxscript", "ml_dtypes", "flatbuffers", "opentelemetry", "importlib_metadata",
+    "zipp", "fastapi", "uvicorn", "starlette", "pydantic", "pydantic_core", "annotated_doc", "annotated_types",
+    "typing_inspection", "anyio", "click", "h11", "idna",
+    # search.py's Optuna, and the mlflow and wandb extras (their own names: their web stacks are not installed here)
+    "optuna", "sqlalchemy", "alembic", "colorlog", "mako", "mlflow", "wandb",
 }
 FREE_TEXT = ("project_name", "description", "author", "email")
 MAX_TEXT, MAX_NAME = 500, 100  # characters; the names become folder names (most file systems allow 255 bytes)

@@ -48,6 +48,13 @@ EXPECTED_FILES = TOUR_FILES | {
     "src/pytorch_intro/summaries.py", "tests/test_tensorboard.py",
     "compare.py", "configs/compare.yaml", "src/pytorch_intro/comparison.py", "tests/test_compare.py",
     "benchmarks/engine_overhead.py", "benchmarks/README.md", "tests/test_benchmark.py",
+    "export.py", "configs/export.yaml", "src/pytorch_intro/exporting.py", "tests/test_export.py",
+    "predict.py", "configs/predict.yaml", "src/pytorch_intro/prediction.py", "tests/test_predict.py",
+    "serve.py", "configs/serve.yaml", "src/pytorch_intro/serving.py", "tests/test_serve.py",
+    "configs/logger/csv.yaml", "configs/logger/many.yaml", "configs/logger/mlflow.yaml", "configs/logger/none.yaml",
+    "configs/logger/wandb.yaml", "src/pytorch_intro/loggers.py", "tests/test_loggers.py",
+    "search.py", "configs/search.yaml", "configs/hparams_search/optuna.yaml", "src/pytorch_intro/hparam_search.py",
+    "tests/test_search.py",
 }
 # Every value but the default (the first), for every choice variable; booleans flipped.
 OPTION_VALUES = [(key, value) for key, values in CONTEXT.items() if isinstance(values, list) and not key.startswith("_") for value in values[1:]]
@@ -318,7 +325,8 @@ def test_the_shadowed_names_cover_every_module_the_dependencies_install(default_
 
     project = tomllib.loads((default_bake / "pyproject.toml").read_text())["project"]
     pending = [re.split(r"[ ;<>=!~\[(]", requirement, maxsplit=1)[0] for requirement in
-               [*project["dependencies"], *project["optional-dependencies"]["dev"]]]
+               [*project["dependencies"], *(requirement for extra in ("dev", "export", "serve")
+                                            for requirement in project["optional-dependencies"][extra])]]
     installed: set[str] = set()
     while pending:
         name = normal(pending.pop())

@@ -48,7 +48,9 @@ def main(cfg: DictConfig) -> float:
         resume = " ".join([*overrides, f"ckpt_path={shlex.quote(str(stop.checkpoint))}"])
         print(f"{stop}\nResume with: python train.py {resume}", file=sys.stderr)
         sys.exit(stop.exit_code)
-    return metrics["test/acc"]  # what a Hydra sweeper would optimise
+    # What a sweeper optimises (search.py reads it from metrics.json): the monitored validation metric of the best
+    # checkpoint, `monitor` in metrics.json; never a test metric, which would tune on the test set.
+    return metrics["best_score"]
 
 
 if __name__ == "__main__":

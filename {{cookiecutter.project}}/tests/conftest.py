@@ -97,3 +97,67 @@ def short_runs(tmp_path_factory) -> tuple[Path, dict[str, subprocess.CompletedPr
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = dict(zip(("raw", "lightning"), pool.map(run, ("raw", "lightning")), strict=True))
     return log_dir, results
+
+
+def run_script(script: str, log_dir: Path, *overrides: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python <script> overrides...` (export.py, predict.py) as a user runs it, with its outputs under `log_dir`."""
+    command = [sys.executable, script, f"paths.log_dir={log_dir}", *overrides]
+    return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def exports(short_runs, tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+    """Each engine's SHORT_RUN best.ckpt exported by `python export.py` (format=all where the export extra is
+    installed, else torch_export), two at a time: {engine: (export folder, finished process)}. Shared by
+    test_export, test_predict and test_serve."""
+    import importlib.util
+
+    log_dir, results = short_runs
+    fmt = "all" if all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript", "onnxruntime")) else \
+        "torch_export"
+
+    def export(engine: str) -> tuple[Path, subprocess.CompletedProcess]:
+        assert results[engine].returncode == 0, f"{engine}:\n{results[engine].stderr[-3000:]}"
+        out = tmp_path_factory.mktemp(f"export_{engine}") / "logs"
+        checkpoint = run_dirs(log_dir, engine)[-1] / "checkpoints" / "best.ckpt"
+        result = run_script("export.py", out, f"ckpt_path={checkpoint}", f"format={fmt}")
+        folders = sorted((out / "export").iterdir()) if (out / "export").is_dir() else []
+        return (folders[-1] if folders else out), result
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip(("raw", "lightning"), pool.map(export, ("raw", "lightning")), strict=True))
+
+
+@pytest.fixture(scope="session")
+def digit_inputs(short_runs, tmp_path_factory) -> dict:
+    """Real test images of the SHORT_RUNs' split as predict.py and serve.py take them: 8-bit PNG files (the digits'
+    0-16 pixels scaled to 0-255 and rounded), a .npy stack of the same images as floats in [0, 1] (exactly the
+    training tensors once normalised), and bad inputs, each with the reason it is refused."""
+    import numpy as np
+    import torch
+    from omegaconf import OmegaConf
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    from {{ cookiecutter.package }}.data import DataPipeline
+
+    folder = tmp_path_factory.mktemp("inputs")
+    log_dir, _ = short_runs
+    trained = OmegaConf.load(run_dirs(log_dir, "raw")[-1] / ".hydra" / "config.yaml")
+    pipeline = DataPipeline(trained.data, seed=trained.seed)
+    pipeline.setup("test")
+    indices = pipeline.test_set.indices[:8]
+    pixels = load_digits().images[indices] / 16.0  # in [0, 1]
+    pngs = []
+    for number, image in enumerate(pixels):
+        pngs.append(folder / f"digit_{number:02d}.png")
+        Image.fromarray(np.round(image * 255).astype(np.uint8), mode="L").save(pngs[-1])
+    np.save(folder / "stack.npy", pixels.astype(np.float32))
+    (folder / "notes.txt").write_text("not an image\n")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "rgb.png")
+    Image.fromarray(np.zeros((9, 9), np.uint8)).save(folder / "big.png")
+    np.save(folder / "shape.npy", np.zeros((3, 5), np.float32))
+    bad = {"notes.txt": "is not an image file", "rgb.png": "has 3 channels (mode RGB): the model takes 1",
+           "big.png": "is 9x9 pixels: the model takes 8x8", "shape.npy": "has shape (3, 5)"}
+    return {"folder": folder, "pngs": pngs, "stack": folder / "stack.npy", "pixels": pixels,
+            "tensors": torch.stack([pipeline.test_set[index][0] for index in range(8)]), "bad": bad}

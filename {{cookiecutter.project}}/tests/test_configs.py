@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import CONFIG_DIR, compose_train
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from {{ cookiecutter.package }}.data import limit_batches
@@ -16,20 +17,35 @@ from {{ cookiecutter.package }}.launch import check_config
 from {{ cookiecutter.package }}.models import build_model
 from {{ cookiecutter.package }}.task import configure_optimizers
 
-# Groups that train.yaml selects one option from; hydra/ and paths/ have a single file each.
+# Groups that train.yaml selects one option from; hydra/ and paths/ have a single file each (hparams_search/ is
+# search.yaml's: tests/test_search.py).
 GROUP_OPTIONS = sorted(
     (group.name, path.stem)
-    for group in CONFIG_DIR.iterdir() if group.is_dir()
+    for group in CONFIG_DIR.iterdir() if group.is_dir() and group.name != "hparams_search"
     for path in group.glob("*.yaml")
 )
 
 
 def test_every_config_file_is_covered():
     on_disk = {p.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.rglob("*.yaml")}
-    # compare.yaml: tests/test_compare.py; eval.yaml: tests/test_evaluate.py
-    covered = {f"{group}/{option}.yaml" for group, option in GROUP_OPTIONS} | {"train.yaml", "compare.yaml",
-                                                                                "eval.yaml"}
+    # compare.yaml: tests/test_compare.py; eval.yaml: tests/test_evaluate.py; export.yaml, predict.yaml, serve.yaml:
+    # tests/test_export.py, test_predict.py, test_serve.py; search.yaml and hparams_search/: tests/test_search.py
+    covered = {f"{group}/{option}.yaml" for group, option in GROUP_OPTIONS} | {
+        "train.yaml", "compare.yaml", "eval.yaml", "export.yaml", "predict.yaml", "serve.yaml", "search.yaml",
+        "hparams_search/optuna.yaml"}
     assert on_disk == covered | {"hydra/launcher/slurm.yaml"}  # tested below (it needs a Hydra plugin)
+
+
+@pytest.mark.parametrize(("name", "keys"), [
+    ("export", {"ckpt_path": None, "format": "torch_export", "check": {"batch_size": 64, "tolerance": 1e-5}}),
+    ("predict", {"model_path": None, "inputs": None, "output": None, "batch_size": 256}),
+    ("serve", {"model_path": None, "host": "127.0.0.1", "port": 8000, "max_body_bytes": 1_000_000}),
+])
+def test_the_deployment_configs_compose(name, keys):
+    """export.py's, predict.py's and serve.py's configs (serve.py binds to this machine only by default)."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name=name)
+    assert cfg.task == name and {key: OmegaConf.to_object(cfg)[key] for key in keys} == keys
 
 
 def test_the_slurm_launcher_config_takes_its_sizes_from_the_trainer():

@@ -33,6 +33,9 @@ def test_help_lists_every_target():
 @pytest.mark.parametrize(("target", "command"), [
     ("train", "train.py engine=raw seed=3"),
     ("eval", "evaluate.py ckpt_path=last engine=raw seed=3"),
+    ("export", "export.py ckpt_path=last engine=raw seed=3"),
+    ("predict", "predict.py engine=raw seed=3"),
+    ("serve", "serve.py engine=raw seed=3"),
     ("compare", "compare.py engine=raw seed=3"),
     ("test", "-m pytest engine=raw seed=3"),
     ("lint", "-m ruff check ."),

@@ -85,7 +85,15 @@ assert augment(image[:, :64, :64]).shape == (3, 48, 48)
 #   AOTInductor (compiled C++ deployment) and ExecuTorch (mobile, edge).
 # * ONNX -> run in ONNX Runtime, TensorRT, OpenVINO, browsers... (torch.onnx.export needs
 #   the onnx and onnxscript packages).
-# * Serving: TorchServe (now in limited maintenance), NVIDIA Triton, or a plain web app.
+# * Serving: TorchServe (now in limited maintenance), NVIDIA Triton, LitServe, or a plain web
+#   app (FastAPI on uvicorn).
+# This project does all three with a trained checkpoint of either engine:
+#   python export.py ckpt_path=last format=all   # model.pt2 + model.onnx + model.json, each
+#                                                # checked against the PyTorch model first
+#   python predict.py model_path=logs/export/<run>/model.pt2 inputs=<image|folder|.npy>
+#   python serve.py model_path=logs/export/<run>/model.onnx   # HTTP: POST /predict, GET /health
+# (src/{{ cookiecutter.package }}/exporting.py, prediction.py, serving.py; the README's
+# "From checkpoint to production"). Below, the same two exports of a tiny model, by hand.
 small = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2)).eval()
 example = (torch.randn(3, 4),)
 batch = torch.export.Dim("batch")  # the first dimension may vary at run time

@@ -4,7 +4,8 @@ engine=raw calls `prepare_data()`, `setup()` and the `*_dataloader()` methods it
 wraps this same class in a LightningDataModule and lets the Trainer call them.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -21,15 +22,31 @@ TORCHVISION = {
     "cifar10": ("CIFAR10", "cifar-10-batches-py", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
 }
 DATASETS = ("digits", *TORCHVISION)
+DIGITS_NORMALIZATION = ((0.3,), (0.38,))  # approximately the mean and std of the digits' pixels in [0, 1]
+
+
+def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-channel (mean, std) that data=<name> is normalised with."""
+    return DIGITS_NORMALIZATION if name == "digits" else TORCHVISION[name][2:]
+
+
+def image_transform(mean: tuple[float, ...], std: tuple[float, ...]) -> Callable[[Any], torch.Tensor]:
+    """An image (PIL, uint8 tensor, or an H x W x C array: uint8 0-255 or floats in [0, 1]) as the model's input: the
+    preprocessing of training, written once (the torchvision datasets, predict.py and serve.py use it)."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
 
 
 def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's 8x8 digits as (N, 1, 8, 8) float images in [0, 1], normalised, and int64 labels."""
+    """scikit-learn's 8x8 digits as (N, 1, 8, 8) float images in [0, 1] (its pixels count 0-16), normalised, and int64
+    labels."""
     from sklearn.datasets import load_digits  # imported here: only data=digits needs scikit-learn
 
     digits = load_digits()
     images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    images = (images - 0.3) / 0.38  # approximately the mean and std of the pixels
+    (mean,), (std,) = DIGITS_NORMALIZATION
+    images = (images - mean) / std  # as image_transform normalises an image file of a digit
     return images, torch.tensor(digits.target, dtype=torch.int64)
 
 
@@ -187,10 +204,9 @@ class DataPipeline:
 
     def _torchvision(self, train: bool, download: bool) -> Dataset:
         import torchvision  # imported here: data=digits does not need it
-        from torchvision.transforms import v2
 
-        class_name, _, mean, std = TORCHVISION[self.cfg.name]
-        transform = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+        class_name = TORCHVISION[self.cfg.name][0]
+        transform = image_transform(*normalization(self.cfg.name))
         dataset_class = getattr(torchvision.datasets, class_name)
         try:
             dataset = dataset_class(self.cfg.root, train=train, download=download, transform=transform)

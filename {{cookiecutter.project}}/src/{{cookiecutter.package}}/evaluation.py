@@ -30,7 +30,7 @@ from .rundir import find_checkpoint
 from .validation import one_of, shown, validate
 
 # Keys of configs/eval.yaml that belong to the evaluation, not to the training run's config.
-OWN_KEYS = ("ckpt_path", "split", "engine", "paths", "task", "hydra")
+OWN_KEYS = ("ckpt_path", "split", "engine", "paths", "task", "hydra", "logger")
 CONFUSION_MATRIX_PNG = "confusion_matrix.png"
 SPLIT = one_of("test", "val")  # a rule as validation.py's (whose RULES are train.py's keys)
 
@@ -47,12 +47,7 @@ def evaluate(cfg: DictConfig, run_dir: Path, overrides: list[str] | tuple[str, .
     if not SPLIT.test(cfg.split):
         raise UserError(f"split={shown(cfg.split)} is not valid: {SPLIT.accepted}")
     checkpoint = find_checkpoint(cfg.ckpt_path, Path(cfg.paths.log_dir) / "train" / cfg.engine.name)
-    state = load_checkpoint(checkpoint)
-    writer = written_by(state)
-    if writer is None:
-        raise UserError(f"ckpt_path={checkpoint} is not a checkpoint of either engine (it has neither engine=raw's "
-                        "'engine' entry nor Lightning's 'pytorch-lightning_version')")
-    trained, config_from = training_config(state, writer, checkpoint)
+    state, writer, trained, config_from = load_training_run(checkpoint)
     eval_cfg = evaluation_config(trained, cfg, overrides, checkpoint)
     check_config(eval_cfg)
 
@@ -124,6 +119,18 @@ def training_config(state: dict[str, Any], writer: str, checkpoint: Path) -> tup
     return cfg, source
 
 
+def load_training_run(checkpoint: Path) -> tuple[dict[str, Any], str, DictConfig, str]:
+    """A checkpoint of either engine, the engine that wrote it, and its training run's config (and where it was read
+    from); one line for a file that is neither engine's checkpoint. evaluate.py and export.py start here."""
+    state = load_checkpoint(checkpoint)
+    writer = written_by(state)
+    if writer is None:
+        raise UserError(f"ckpt_path={checkpoint} is not a checkpoint of either engine (it has neither engine=raw's "
+                        "'engine' entry nor Lightning's 'pytorch-lightning_version')")
+    trained, config_from = training_config(state, writer, checkpoint)
+    return state, writer, trained, config_from
+
+
 def evaluation_config(trained: DictConfig, cfg: DictConfig, overrides: list[str] | tuple[str, ...],
                       checkpoint: Path) -> DictConfig:
     """The training run's config with this machine's paths, one process, and each key the command line gave
@@ -144,6 +151,10 @@ def evaluation_config(trained: DictConfig, cfg: DictConfig, overrides: list[str]
             OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False)
     merged.merge_with({"paths": cfg.paths, "engine": cfg.engine, "task": cfg.task, "split": cfg.split,
                        "ckpt_path": str(checkpoint)})
+    if list(cfg.logger or {}) != ["tensorboard"]:
+        raise UserError(f"logger={','.join(cfg.logger or {}) or 'none'} is not valid here: evaluate.py writes its "
+                        "events to TensorBoard, logger=tensorboard (the default)")
+    merged.logger = cfg.logger  # the evaluation's own outputs, whichever loggers the training run had
     devices = merged.trainer.devices
     if is_ddp(merged.trainer) or merged.trainer.num_nodes != 1 or not (devices == 1 or (
             OmegaConf.is_list(devices) and len(devices) == 1)):

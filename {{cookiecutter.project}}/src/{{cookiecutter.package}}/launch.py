@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import summaries
+from . import loggers, summaries
 from .checkpoint import load_for_resume, prepare_checkpoint_dir
 from .distributed import check_distributed, fail_on_purpose, is_ddp, launch_workers, launched_world, process_group
 from .errors import UserError
@@ -57,7 +57,8 @@ def check_config(cfg: DictConfig) -> None:
     """Every value, before any data or model is built: its own rule (validation.py), then this machine."""
     validate(cfg)
     check_accelerator(cfg.trainer)
-    summaries.Settings.from_config(cfg.logger.tensorboard)  # the TensorBoard switches (the engines read them again)
+    summaries.Summaries(cfg)  # the TensorBoard switches (the engines read them again)
+    loggers.check_installed(cfg)  # a known logger, its library installed
 
 
 def drawn_seed(run_dir: Path) -> int:
@@ -93,7 +94,8 @@ def train(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict[
         print(f"seed=null: this run's seed is {cfg.seed}", flush=True)
     checkpoint = find_checkpoint(cfg.ckpt_path, run_dir.parent)
     if checkpoint is not None:  # before any work, for both engines: a file that cannot resume this run is one line
-        load_for_resume(checkpoint, cfg.engine.name, build_model({**cfg.model, "compile": False}))
+        resumed_step = loggers.global_step_of(load_for_resume(checkpoint, cfg.engine.name,
+                                                              build_model({**cfg.model, "compile": False})))
     if cfg.get("weights_from") is not None:  # a new run from a checkpoint's weights, which build_model loads
         if checkpoint is not None:
             raise UserError("ckpt_path and weights_from are both set: ckpt_path continues its run exactly, "
@@ -102,6 +104,8 @@ def train(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict[
         build_model({**cfg.model, "compile": False}, cfg.weights_from)
     if launched_world() is None or launched_world().is_main:  # writable, and a killed run's temporary files gone
         prepare_checkpoint_dir(run_dir / "checkpoints")
+        if checkpoint is not None:
+            loggers.prepare_resume(cfg, run_dir, resumed_step)
     if is_ddp(cfg.trainer) and launched_world() is None:
         if checkpoint is not None:  # the workers resume the very file found here
             cfg = OmegaConf.merge(cfg, {"ckpt_path": str(checkpoint)})
@@ -112,8 +116,9 @@ def train(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict[
         newest = f" (ckpt_path=last: the newest {cfg.engine.name} run)" if cfg.ckpt_path == "last" else ""
         print(f"resuming {checkpoint}{newest}", flush=True)
     with process_group(cfg, run_dir) as world, fail_on_purpose(cfg.debug):
-        if world.is_main and not cfg.trainer.get("fast_dev_run"):  # beside the events (fast_dev_run logs nothing)
-            summaries.write_hparams(cfg, run_dir / cfg.logger.tensorboard.subdir)
+        tensorboard_dir = loggers.tensorboard_dir(cfg, run_dir)
+        if world.is_main and tensorboard_dir and not cfg.trainer.get("fast_dev_run"):  # fast_dev_run logs nothing
+            summaries.write_hparams(cfg, tensorboard_dir)  # beside the events
         seed_everything(cfg.seed)
         if cfg.engine.name == "raw":
             from .engines.raw import fit

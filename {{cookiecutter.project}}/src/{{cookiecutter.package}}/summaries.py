@@ -71,6 +71,9 @@ class Settings:
         return cls(**values)
 
 
+OFF = Settings(images=False, graph=False, histogram_every_n_epochs=0, confusion_matrix=False, hparams=False)
+
+
 def write_hparams(cfg: DictConfig, tensorboard_dir: Path) -> None:
     """The composed config beside the TensorBoard events, in both engines (Lightning keeps an existing file)."""
     try:
@@ -92,7 +95,8 @@ class Summaries:
     """The artefacts below, hook by hook, for one run: the same calls from both engines."""
 
     def __init__(self, cfg: DictConfig) -> None:
-        self.cfg, self.settings = cfg, Settings.from_config(cfg.logger.tensorboard)
+        tensorboard = (cfg.get("logger") or {}).get("tensorboard")  # None: TensorBoard is not among the loggers
+        self.cfg, self.settings = cfg, Settings.from_config(tensorboard) if tensorboard is not None else OFF
         self.mistakes: Mistakes | None = None
 
     def on_train_start(self, writer: SummaryWriter, model: nn.Module, train_set: Dataset, global_step: int) -> None:

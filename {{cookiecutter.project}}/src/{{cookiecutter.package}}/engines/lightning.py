@@ -14,14 +14,13 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.profilers import PyTorchProfiler
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 from torchmetrics import Metric
 
-from .. import console, data, errors, guards, models, summaries, task
+from .. import console, data, errors, guards, loggers, models, summaries, task
 from ..checkpoint import get_rng_state, save_checkpoint, set_rng_state
 from ..distributed import any_rank
 
@@ -43,10 +42,9 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
                  *([EarlyStopping(**early_stopping)] if early_stopping else []),
                  # tqdm on a terminal, as engine=raw (with `rich` installed Lightning would pick its slower bar)
                  *([TQDMProgressBar()] if console.progress_bar_enabled(cfg.trainer) else [])]
-    logger = TensorBoardLogger(save_dir=run_dir, name=cfg.logger.tensorboard.subdir, version="",
-                               default_hp_metric=False)
-    trainer = L.Trainer(**trainer_arguments(cfg), logger=logger, callbacks=callbacks, default_root_dir=run_dir,
-                        plugins=[AtomicCheckpointIO()])
+    trainer = L.Trainer(**trainer_arguments(cfg), logger=loggers.lightning_loggers(cfg, run_dir),
+                        callbacks=callbacks, default_root_dir=run_dir, plugins=[AtomicCheckpointIO()])
+    loggers.log_hyperparams(trainer.loggers, cfg, resumed=ckpt_path is not None)
 
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -235,18 +233,20 @@ class ExactResume(L.Callback):
 class TensorBoardSummaries(L.Callback):
     """For parity: what engine=raw writes to TensorBoard beyond the loss, lr and metrics, where it writes it: the
     gradient norm, and summaries.py's histograms, images, graph, confusion matrix and hparams. On ranks > 0
-    `trainer.logger.experiment` is Lightning's stand-in that writes nothing."""
+    the logger's `experiment` is Lightning's stand-in that writes nothing; without TensorBoard, one of loggers.py."""
 
     def __init__(self, cfg: DictConfig) -> None:
         self.summaries = summaries.Summaries(cfg)
 
+    def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        self.writer = loggers.tensorboard_writer(trainer.loggers)
+
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self.summaries.on_train_start(trainer.logger.experiment, module.model, trainer.datamodule.train_set,
-                                      trainer.global_step)
+        self.summaries.on_train_start(self.writer, module.model, trainer.datamodule.train_set, trainer.global_step)
 
     def on_before_optimizer_step(self, trainer: L.Trainer, module: L.LightningModule, optimizer: Any) -> None:
         # After unscaling, before clipping and zero_grad, as in engine=raw.
-        self.summaries.on_before_optimizer_step(trainer.logger.experiment, module.model, trainer.current_epoch,
+        self.summaries.on_before_optimizer_step(self.writer, module.model, trainer.current_epoch,
                                                 trainer.fit_loop.epoch_loop.batch_idx,
                                                 trainer.accumulate_grad_batches, trainer.global_step)
         if (trainer.global_step + 1) % trainer.log_every_n_steps == 0:
@@ -260,7 +260,7 @@ class TensorBoardSummaries(L.Callback):
         self.summaries.on_test_batch_end(batch[0], outputs, batch[1])  # outputs: test_step's logits
 
     def on_test_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self.summaries.on_test_end(trainer.logger.experiment if trainer.is_global_zero else None, trainer.global_step)
+        self.summaries.on_test_end(self.writer if trainer.is_global_zero else None, trainer.global_step)
 
 
 # -- signals --

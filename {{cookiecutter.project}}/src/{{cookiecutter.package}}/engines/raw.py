@@ -27,11 +27,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
-from torch.utils.tensorboard import SummaryWriter
 from torchmetrics import Metric
 from tqdm import tqdm
 
-from .. import console, summaries, task
+from .. import console, loggers, summaries, task
 from ..checkpoint import (
     get_rng_state,
     load_checkpoint,
@@ -98,7 +97,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
 
     if ckpt_path is not None:  # Trainer.fit(ckpt_path=...): continue exactly where the checkpoint left off
         restore_checkpoint(trainer, ckpt_path)
-    trainer.logger = setup_logger(trainer)
+    trainer.loggers = setup_loggers(trainer)
 
     trainer.train_started_at = time.perf_counter()  # start-up ends here (metrics.json: startup_s)
     with stop_on_signals() as trainer.stop_requested, setup_profiler(trainer) as trainer.profiler:
@@ -140,7 +139,8 @@ class Trainer:
     early_stopping: "EarlyStopping"
     non_finite: NonFiniteLossGuard
     summaries: summaries.Summaries
-    logger: SummaryWriter | summaries.NullWriter
+    loggers: list[Any]  # configs/logger/'s (loggers.py): Lightning's trainer.loggers
+    tensorboard: Any  # the TensorBoard logger's SummaryWriter (else a summaries.NullWriter), for summaries.py
     progress: tqdm  # this epoch's progress bar (disabled off a terminal)
     profiler: "torch.profiler.profile | PassThroughProfiler"
     stop_requested: Callable[[], int | None]
@@ -168,6 +168,7 @@ class Trainer:
         self.improved = False  # whether this epoch's validation improved `monitor` (best.ckpt is then rewritten)
         self.last_loss = torch.tensor(float("nan"))
         self.learning_rate = 0.0  # of the latest optimizer step
+        self.grad_norm = math.nan  # of the latest logged step (logged with its loss)
         self.val_metrics: dict[str, float] = {}
         self.epoch_times: list[float] = []
 
@@ -442,9 +443,8 @@ def validation_loop(trainer: Trainer) -> None:
     at the epoch's end or, when validation may run inside it, at once (and last.ckpt too)."""
     trainer.val_metrics = evaluation_loop(trainer.ddp_model, trainer.val_loader, trainer.num_val_batches,
                                           trainer.accuracy, trainer.device, trainer.precision)
-    for name, value in trainer.val_metrics.items():  # at the index of the epoch's last step, as Lightning logs them
-        trainer.logger.add_scalar(f"val/{name}", value, trainer.global_step - 1)
-    trainer.logger.add_scalar("epoch", trainer.current_epoch, trainer.global_step - 1)
+    log_metrics(trainer, {**{f"val/{name}": value for name, value in trainer.val_metrics.items()},
+                          "epoch": trainer.current_epoch}, trainer.global_step - 1)  # the epoch's last step
     if trainer.fast_dev_run:  # Lightning's fast_dev_run: no checkpoints, no early stopping
         return
     score = trainer.val_metrics[trainer.monitor.removeprefix("val/")]  # the same on every rank: reduced over all
@@ -472,12 +472,12 @@ def test_loop(trainer: Trainer) -> dict[str, float]:
     trainer.summaries.on_test_start(trainer.device)
     metrics = evaluation_loop(trainer.ddp_model, test_loader, num_test_batches, trainer.accuracy, trainer.device,
                               trainer.precision, observe=trainer.summaries.on_test_batch_end)
-    for name, value in metrics.items():
-        trainer.logger.add_scalar(f"test/{name}", value, trainer.global_step)
-    trainer.logger.add_scalar("epoch", trainer.current_epoch, trainer.global_step)
+    log_metrics(trainer, {**{f"test/{name}": value for name, value in metrics.items()},
+                          "epoch": trainer.current_epoch}, trainer.global_step)
     # The confusion matrix (computed on every rank), the misclassified examples, the hparams: written by rank 0.
-    trainer.summaries.on_test_end(trainer.logger if trainer.world.is_main else None, trainer.global_step)
-    trainer.logger.close()
+    trainer.summaries.on_test_end(trainer.tensorboard if trainer.world.is_main else None, trainer.global_step)
+    for logger in trainer.loggers:
+        logger.finalize("success")
     return metrics
 
 
@@ -598,16 +598,24 @@ def restore_checkpoint(trainer: Trainer, path: Path) -> None:
 
 # -- logging --
 
-def setup_logger(trainer: Trainer) -> SummaryWriter | summaries.NullWriter:
-    """TensorBoardLogger: rank 0 writes events to <run>/tensorboard/ (launch.py wrote hparams.yaml there), the other
-    ranks get a writer that writes nothing. purge_step drops the events a crashed run logged after its checkpoint,
-    so that the curves of a resumed run continue cleanly."""
-    if not trainer.world.is_main or trainer.fast_dev_run:  # fast_dev_run: Lightning's DummyLogger
-        return summaries.NullWriter()
-    writer = SummaryWriter(trainer.run_dir / trainer.cfg.logger.tensorboard.subdir,
-                           purge_step=trainer.global_step or None)
-    trainer.summaries.on_train_start(writer, trainer.model, trainer.data.train_set, trainer.global_step)
-    return writer
+def setup_loggers(trainer: Trainer) -> list[Any]:
+    """Trainer(logger=...): rank 0 logs to configs/logger/'s loggers (loggers.py: TensorBoard, CSV, MLflow, W&B),
+    the other ranks and fast_dev_run (Lightning's DummyLogger) to none. A resumed run drops what a crashed one
+    logged after its checkpoint. TensorBoard also gets summaries.py's images and graph."""
+    trainer.tensorboard = summaries.NullWriter()
+    if not trainer.world.is_main or trainer.fast_dev_run:
+        return []
+    chosen = loggers.raw_loggers(trainer.cfg, trainer.run_dir, trainer.global_step)
+    loggers.log_hyperparams(chosen, trainer.cfg, resumed=trainer.global_step > 0)
+    trainer.tensorboard = loggers.tensorboard_writer(chosen)  # what summaries.py draws on
+    trainer.summaries.on_train_start(trainer.tensorboard, trainer.model, trainer.data.train_set, trainer.global_step)
+    return chosen
+
+
+def log_metrics(trainer: Trainer, metrics: dict[str, float], step: int) -> None:
+    """What Lightning's logger connector does with the values of one step: each logger gets them all at once."""
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step)
 
 
 class PassThroughProfiler:
@@ -632,8 +640,8 @@ def setup_profiler(trainer: Trainer) -> Iterator["torch.profiler.profile | PassT
                         "engine=lightning")
     schedule = torch.profiler.schedule(wait=1, warmup=1, active=3, repeat=1)
     rank = f"-{trainer.world.local_rank}" if trainer.world.size > 1 else ""  # Lightning names the rank, too
-    trace = torch.profiler.tensorboard_trace_handler(str(trainer.run_dir / trainer.cfg.logger.tensorboard.subdir),
-                                                     f"fit{rank}-training_step")
+    folder = loggers.tensorboard_dir(trainer.cfg, trainer.run_dir) or trainer.run_dir  # Lightning's trainer.log_dir
+    trace = torch.profiler.tensorboard_trace_handler(str(folder), f"fit{rank}-training_step")
     with torch.profiler.profile(schedule=lambda step: schedule(step + 1), on_trace_ready=trace) as profiler:
         yield profiler
 
@@ -641,11 +649,11 @@ def setup_profiler(trainer: Trainer) -> Iterator["torch.profiler.profile | PassT
 def on_before_optimizer_step(trainer: Trainer) -> None:
     """After backward and unscaling, before clipping: the gradients as TensorBoard shows them (histograms on their
     epochs, the norm at the logging cadence)."""
-    trainer.summaries.on_before_optimizer_step(trainer.logger, trainer.model, trainer.current_epoch,
+    trainer.summaries.on_before_optimizer_step(trainer.tensorboard, trainer.model, trainer.current_epoch,
                                                trainer.batches_done, trainer.accumulate_grad_batches,
                                                trainer.global_step)
-    if (trainer.global_step + 1) % trainer.log_every_n_steps == 0:
-        trainer.logger.add_scalar("train/grad_norm", summaries.gradient_norm(trainer.model).item(), trainer.global_step)
+    if (trainer.global_step + 1) % trainer.log_every_n_steps == 0:  # logged with the step's loss
+        trainer.grad_norm = summaries.gradient_norm(trainer.model).item()
 
 
 def on_train_batch_end(trainer: Trainer) -> None:
@@ -655,9 +663,8 @@ def on_train_batch_end(trainer: Trainer) -> None:
     if trainer.global_step % trainer.log_every_n_steps == 0:
         trainer.non_finite.check(trainer.model)
         loss = trainer.last_loss.item()
-        trainer.logger.add_scalar("train/loss", loss, step)
-        trainer.logger.add_scalar("lr", trainer.learning_rate, step)
-        trainer.logger.add_scalar("epoch", trainer.current_epoch, step)
+        log_metrics(trainer, {"train/grad_norm": trainer.grad_norm, "train/loss": loss, "lr": trainer.learning_rate,
+                              "epoch": trainer.current_epoch}, step)
         trainer.progress.set_postfix(loss=f"{loss:.4f}")
     check_stop_signal(trainer)
 
@@ -700,7 +707,8 @@ def check_stop_signal(trainer: Trainer) -> None:
     the same step, or they would wait for each other forever."""
     if any_rank(trainer.stop_requested() is not None, trainer.device):
         trainer_save_checkpoint(trainer, "last.ckpt")
-        trainer.logger.close()
+        for logger in trainer.loggers:
+            logger.finalize("failed")  # as Lightning's on an interrupt
         raise TrainingStopped.by_signal(trainer.stop_requested() or signal.SIGTERM, trainer.current_epoch,
                                         trainer.global_step, trainer.checkpoint_dir)
 
