@@ -20,7 +20,7 @@ def main(cfg: DictConfig) -> float:
     from {{ cookiecutter.package }}.hparam_search import search
 
     try:
-        return search(cfg, Path(HydraConfig.get().runtime.output_dir))["value"]
+        return search(cfg, Path(HydraConfig.get().runtime.output_dir), Path(__file__).with_name("train.py"))["value"]
     except UserError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

@@ -17,7 +17,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError
 
-TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "train.py"
 ABSENT = object()
 
 
@@ -50,12 +49,13 @@ def check_space(params: DictConfig, train_overrides: list[str]) -> tuple[str, st
     return cfg.callbacks.model_checkpoint.monitor, cfg.callbacks.model_checkpoint.mode
 
 
-def run_trial(cfg: DictConfig, number: int, values: dict[str, Any], study_dir: Path) -> dict[str, Any]:
+def run_trial(cfg: DictConfig, number: int, values: dict[str, Any], study_dir: Path,
+              train_script: Path) -> dict[str, Any]:
     """`python train.py` with the trial's values, in the study's folder; the run's metrics.json."""
     log_dir = study_dir / f"trial-{number:03d}"
     overrides = [*shlex.split(cfg.train), *(f"{key}={value}" for key, value in values.items()),
                  f"paths.log_dir={log_dir}", f"tags=[search,{cfg.study_name},trial-{number}]"]
-    result = subprocess.run([sys.executable, str(TRAIN_SCRIPT), *overrides], cwd=TRAIN_SCRIPT.parent,
+    result = subprocess.run([sys.executable, str(train_script), *overrides], cwd=train_script.parent,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     (study_dir / f"trial-{number:03d}.log").write_text(result.stdout)
     runs = sorted(log_dir.glob("train/*/*/metrics.json"))
@@ -69,8 +69,9 @@ class TrialFailed(Exception):
     pass
 
 
-def search(cfg: DictConfig, study_dir: Path) -> dict[str, Any]:
-    """Run the study to cfg.n_trials trials in all; returns the best trial (also written to best.json)."""
+def search(cfg: DictConfig, study_dir: Path, train_script: Path) -> dict[str, Any]:
+    """Run the study to cfg.n_trials trials in all, each trial a run of `train_script` (the project's train.py);
+    returns the best trial (also written to best.json)."""
     import optuna
     from optuna.trial import TrialState
 
@@ -89,7 +90,7 @@ def search(cfg: DictConfig, study_dir: Path) -> dict[str, Any]:
         trial = study.ask()
         values = suggest(trial, cfg.hparams_search.params)
         try:
-            metrics = run_trial(cfg, trial.number, values, study_dir)
+            metrics = run_trial(cfg, trial.number, values, study_dir, train_script)
         except TrialFailed as failed:
             trial.set_user_attr("failed", str(failed))  # counted: the same values would fail again
             study.tell(trial, state=TrialState.FAIL)
