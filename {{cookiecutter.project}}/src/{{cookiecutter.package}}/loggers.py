@@ -179,19 +179,17 @@ class CSV:
     def __init__(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.path, self.hparams_path = folder / "metrics.csv", folder / "hparams.yaml"
+        rows = read_csv(self.path)  # a resumed run goes on with its rows' columns
+        self.header = sorted(rows[0]) if rows else []
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         row = {**metrics, "step": step}
-        rows = read_csv(self.path)
-        header = sorted(set().union(*rows, row)) if rows else sorted(row)
-        if rows and header != sorted(rows[0]):  # a new key: rewrite with the wider header, as Lightning does
-            write_csv(self.path, header, [*rows, row])
-        else:
-            with self.path.open("a" if rows else "w", newline="") as file:
-                writer = csv.DictWriter(file, fieldnames=header)
-                if not rows:
-                    writer.writeheader()
-                writer.writerow(row)
+        if not set(row) <= set(self.header):  # a new key: rewrite with the wider header, as Lightning does
+            self.header = sorted({*self.header, *row})
+            write_csv(self.path, self.header, [*read_csv(self.path), row])
+            return
+        with self.path.open("a", newline="") as file:  # the usual step: one row appended, nothing read
+            csv.DictWriter(file, fieldnames=self.header).writerow(row)
 
     def log_hyperparams(self, params: dict[str, Any]) -> None:
         from omegaconf import OmegaConf
