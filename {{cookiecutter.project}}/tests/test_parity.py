@@ -85,29 +85,53 @@ def test_resume_is_exact(tmp_path, engine):
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+# Step 9 is batch 3 of epoch 1, step 12 its last: the run stops after the step's validation (val_check_interval=3
+# has one after batch 3) and, at the epoch's last step, after the epoch's end (epoch 2 then).
+STOPS = {"SIGTERM": (signal.SIGTERM, 9, 1, []), "SIGINT": (signal.SIGINT, 9, 1, []),
+         "SIGTERM-before-validation": (signal.SIGTERM, 9, 1, ["trainer.val_check_interval=3"]),
+         "SIGTERM-last-batch": (signal.SIGTERM, 12, 2, [])}
+
+
+@pytest.mark.parametrize(("signum", "step", "epoch", "overrides"), STOPS.values(), ids=STOPS)
 @pytest.mark.parametrize("engine", ENGINES)
-def test_a_signal_in_the_middle_of_an_epoch_resumes_exactly(tmp_path, engine, signum):
-    """SIGTERM or Ctrl-C at step 9 (batch 3 of epoch 1): the run stops after that step, and resuming its last.ckpt
-    ends with the straight run's weights, bitwise: the same batches, dropout masks, batch-norm counts and schedule."""
-    common = ["model.dropout=0.3", "scheduler=onecycle", "trainer.max_epochs=3"]
+def test_a_signal_during_an_epoch_resumes_exactly(tmp_path, engine, signum, step, epoch, overrides):
+    """SIGTERM or Ctrl-C in a step: the run stops after that step, and resuming its last.ckpt ends with the
+    straight run's weights, bitwise (the same batches, dropout masks, batch-norm counts and schedule) and its
+    validations, none lost or repeated."""
+    common = ["model.dropout=0.3", "scheduler=onecycle", "trainer.max_epochs=3", *overrides]
     train(engine, tmp_path / "straight", common)
     steps = []
 
-    def signal_at_step_9(optimizer, args, kwargs):  # inside the step: the engines stop after it
+    def signal_in_the_step(optimizer, args, kwargs):  # inside the step: the engines stop after it
         steps.append(1)
-        if len(steps) == 9:
+        if len(steps) == step:
             signal.raise_signal(signum)
 
-    hook = register_optimizer_step_pre_hook(signal_at_step_9)
+    hook = register_optimizer_step_pre_hook(signal_in_the_step)
     try:
-        with pytest.raises(TrainingStopped, match=f"stopped by {signal.Signals(signum).name} at epoch 1, step 9;"):
+        name = signal.Signals(signum).name
+        with pytest.raises(TrainingStopped, match=f"stopped by {name} at epoch {epoch}, step {step};"):
             train(engine, tmp_path / "resumed", common)
     finally:
         hook.remove()
     last = tmp_path / "resumed" / "checkpoints" / "last.ckpt"
-    assert load_checkpoint(last).get("progress", load_checkpoint(last))["global_step"] == 9
+    assert load_checkpoint(last).get("progress", load_checkpoint(last))["global_step"] == step
     _, metrics = train(engine, tmp_path / "resumed", common, ckpt_path=last)
+    assert (metrics["epochs"], metrics["global_step"]) == (3, 18)
+    straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert [k for k in straight if not torch.equal(straight[k], resumed[k])] == []
+    assert scalars(tmp_path / "resumed")["val/acc"] == scalars(tmp_path / "straight")["val/acc"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_resume_from_the_validation_at_an_epochs_last_batch_trains_every_later_batch(tmp_path, engine):
+    """val_check_interval=0.5 saves last.ckpt after the epoch's last batch, inside the epoch: resuming it runs
+    that epoch's end and then the next epochs in full (limit_train_batches=6 of 20: the order's first batches)."""
+    common = ["model.dropout=0.3", "scheduler=none", "trainer.val_check_interval=0.5"]
+    train(engine, tmp_path / "straight", [*common, "trainer.max_epochs=3"])
+    train(engine, tmp_path / "resumed", [*common, "trainer.max_epochs=2"])
+    _, metrics = train(engine, tmp_path / "resumed", [*common, "trainer.max_epochs=3"],
+                       ckpt_path=tmp_path / "resumed" / "checkpoints" / "last.ckpt")
     assert (metrics["epochs"], metrics["global_step"]) == (3, 18)
     straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     assert [k for k in straight if not torch.equal(straight[k], resumed[k])] == []

@@ -22,9 +22,9 @@ SECTIONS = ["fit", "device", "precision", "data", "loop", "step", "accumulation"
             "validation", "non-finite loss", "checkpoints", "logging", "signals", "DDP"]
 FIT_MAX_LINES = 60  # one screen
 # Not blank, comment or docstring: about 85 for the idiomatic core (imports, fit, the Trainer's arguments, the
-# LightningModule, the DataModule's resume state) and 80 for the parity callbacks and the atomic checkpoint writer;
-# a limit that keeps the file from growing.
-LIGHTNING_MAX_CODE_LINES = 170
+# LightningModule, the DataModule's resume state) and 90 for the parity callbacks and the atomic checkpoint writer
+# (SaveOnStop's stop after the step's validation, as engine=raw's: 12); a limit that keeps the file from growing.
+LIGHTNING_MAX_CODE_LINES = 180
 
 
 def section_markers(text: str) -> list[str]:

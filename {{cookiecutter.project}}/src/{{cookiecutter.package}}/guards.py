@@ -1,5 +1,9 @@
 """Checks both engines run inside the training loop."""
 
+import contextlib
+import signal
+from collections.abc import Callable, Iterator
+
 import torch
 from torch import nn
 
@@ -39,3 +43,23 @@ class NonFiniteLossGuard:
                  "to name the operation)")
         raise UserError(f"the training loss became non-finite at epoch {epoch}, step {step}: {cause}. "
                         "checkpoints/last.ckpt keeps the last good state")
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[Callable[[], int | None]]:
+    """SIGTERM and SIGINT (Ctrl-C) ask the loop to stop after the current step (and its validation) instead of
+    killing the run. Yields a function that returns the signal received, or None. A second Ctrl-C stops at once.
+    """
+    received: list[int] = []
+
+    def handler(signum, frame):
+        if received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        received.append(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield lambda: received[0] if received else None
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

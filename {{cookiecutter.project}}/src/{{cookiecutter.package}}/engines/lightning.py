@@ -6,7 +6,7 @@ one line. This file and engines/raw.py carry the same `# -- section --` markers 
 engine=raw writes a section by hand, this one names the Trainer argument or hook that does it.
 """
 
-import signal
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:  # SaveOnStop saved last.ckpt
-        raise errors.TrainingStopped.by_signal(stop.signal, trainer.current_epoch, trainer.global_step,
+        raise errors.TrainingStopped.by_signal(stop.received(), trainer.current_epoch, trainer.global_step,
                                                checkpoints) from None
     except SystemExit:  # Lightning's exit on a second Ctrl-C (the first one stops after the step: SaveOnStop)
         raise KeyboardInterrupt from None  # as engine=raw
@@ -266,38 +266,52 @@ class TensorBoardSummaries(L.Callback):
 # -- signals --
 
 class SaveOnStop(L.Callback):
-    """For parity: SIGTERM and Ctrl-C stop after the current optimizer step, at the same step on every rank, and
-    save last.ckpt to resume from. Lightning alone would raise inside the step on Ctrl-C, and under DDP on each rank
-    at its own step (the ranks then wait for each other in the save). So the signal is only recorded; after each
-    step the ranks agree (any_rank) and take Lightning's SIGTERM path, which raises SIGTERMException once the step
-    is counted. A second Ctrl-C stops at once and saves nothing, as do other exceptions: last.ckpt stays good."""
+    """For parity: SIGTERM and Ctrl-C stop after the current optimizer step and its validation (after the epoch's
+    end, at its last step), at the same step on every rank, and save last.ckpt to resume from. Lightning alone
+    would raise inside the step on Ctrl-C, inside the validation on SIGTERM, and under DDP on each rank at its own
+    step (the ranks then wait for each other in the save). So the signal is only recorded (guards.py); after each
+    step and epoch the ranks agree (any_rank) and take Lightning's SIGTERM path, which raises SIGTERMException once
+    the step or epoch is counted. A second Ctrl-C stops at once and saves nothing, as do other exceptions."""
 
     def __init__(self, path: Path) -> None:
-        self.path, self.signal, self.previous = path, None, {}
+        self.path, self.signals, self.stopping, self.saved = path, contextlib.ExitStack(), False, False
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        def record(signum: int, frame: Any) -> None:
-            if self.signal is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            self.signal = self.signal or signum
+        self.received = self.signals.enter_context(guards.stop_on_signals())
 
-        self.previous = {sig: signal.signal(sig, record) for sig in (signal.SIGTERM, signal.SIGINT)}
+    def stop_if_agreed(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if any_rank(self.received() is not None, module.device):
+            self.stopping = trainer._signal_connector.received_sigterm = True  # what Lightning's handler sets
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        window_done = (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or trainer.is_last_batch
-        if window_done and any_rank(self.signal is not None, module.device):
-            self.signal = self.signal or signal.SIGTERM  # another rank's
-            trainer._signal_connector.received_sigterm = True  # what Lightning's SIGTERM handler sets
+        if (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or trainer.is_last_batch:  # a step was taken
+            self.stop_if_agreed(trainer, module)
+
+    def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self.stopping:  # the validation runs to its end, then the run stops
+            trainer._signal_connector.received_sigterm = False
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self.stopping:
+            trainer._signal_connector.received_sigterm = True
+            if not trainer.is_last_batch and not 0 <= trainer.max_steps <= trainer.global_step:  # mid-epoch: the
+                self.save(trainer)  # state ModelCheckpoint saves here, which Lightning's restart counts right
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.stop_if_agreed(trainer, module)  # the fit loop raises once the epoch is counted
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        for sig, handler in self.previous.items():  # Lightning's, which trainer.fit then restores
-            signal.signal(sig, handler)
+        self.signals.close()  # Lightning's handlers back, which trainer.fit then restores
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
         self.on_train_end(trainer, module)
-        if isinstance(exception, SIGTERMException):
-            trainer.save_checkpoint(self.path, weights_only=False)  # everything, to resume
+        if isinstance(exception, SIGTERMException) and not self.saved:
+            self.save(trainer)
+
+    def save(self, trainer: L.Trainer) -> None:
+        trainer.save_checkpoint(self.path, weights_only=False)  # everything, to resume
+        self.saved = True
 
 
 # -- DDP --

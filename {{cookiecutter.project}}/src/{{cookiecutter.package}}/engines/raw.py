@@ -15,7 +15,6 @@ import contextlib
 import itertools
 import math
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -42,7 +41,7 @@ from ..checkpoint import (
 from ..data import DataPipeline, limit_batches
 from ..distributed import World, any_rank, barrier, current_world, is_ddp, reduce_sum
 from ..errors import TrainingStopped, UserError
-from ..guards import NonFiniteLossGuard
+from ..guards import NonFiniteLossGuard, stop_on_signals
 from ..models import build_model
 
 # The keys of configs/trainer/*.yaml that this engine implements. Any other key stops the run before it
@@ -165,6 +164,7 @@ class Trainer:
         self.global_step = 0  # optimizer steps done
         self.best_score: float | None = None  # of `monitor`, in the epoch whose weights best.ckpt holds
         self.should_stop = False  # set by early stopping
+        self.stopping = False  # a stop signal came: stop once the step's validation is done
         self.improved = False  # whether this epoch's validation improved `monitor` (best.ckpt is then rewritten)
         self.last_loss = torch.tensor(float("nan"))
         self.learning_rate = 0.0  # of the latest optimizer step
@@ -283,6 +283,8 @@ def fit_loop(trainer: Trainer) -> None:
         trainer.improved = False
         train_epoch(trainer)  # with its validations
         on_train_epoch_end(trainer, epoch_started)
+        if stop_agreed(trainer):  # a signal in the epoch's last step or after it: stop after its checkpoints
+            stop_training(trainer)
 
 
 def train_epoch(trainer: Trainer) -> None:
@@ -306,6 +308,8 @@ def train_epoch(trainer: Trainer) -> None:
             if should_check_val(trainer):
                 validation_loop(trainer)
                 trainer.model.train()  # back from eval mode, for the epoch's remaining batches
+            if trainer.stopping and not epoch_training_done(trainer):  # at the epoch's end fit_loop stops it
+                stop_training(trainer)  # after the step's validation
     trainer.batches_done = 0
 
 
@@ -343,12 +347,17 @@ def on_train_epoch_end(trainer: Trainer, epoch_started: float) -> None:
     trainer.current_epoch += 1  # epochs done: where a resume from this last.ckpt starts
     if trainer.save_on_train_epoch_end:
         trainer_save_checkpoint(trainer, "last.ckpt")
-    console.print_epoch(trainer.current_epoch - 1, {"train/loss": trainer.last_loss.item(),
-                                                    **{f"val/{k}": v for k, v in trainer.val_metrics.items()}})
+    trained = {} if trainer.last_loss.isnan() else {"train/loss": trainer.last_loss.item()}  # nan: no step yet
+    console.print_epoch(trainer.current_epoch - 1, trained | {f"val/{k}": v for k, v in trainer.val_metrics.items()})
 
 
 def max_steps_reached(trainer: Trainer) -> bool:
     return 0 <= trainer.max_steps <= trainer.global_step
+
+
+def epoch_training_done(trainer: Trainer) -> bool:
+    """Lightning's _is_training_done: the epoch has no batch left to train, or the run no step."""
+    return trainer.batches_done >= trainer.num_training_batches or max_steps_reached(trainer)
 
 
 def estimated_stepping_batches(trainer: Trainer) -> int:
@@ -591,7 +600,10 @@ def restore_checkpoint(trainer: Trainer, path: Path) -> None:
     progress = state["progress"]
     trainer.current_epoch, trainer.batches_done = progress["epoch"], progress["batches_done"]
     trainer.global_step, trainer.best_score = progress["global_step"], progress["best_score"]
-    if isinstance(trainer.train_loader.sampler, DistributedSampler):  # overfit_batches: from the first batch
+    # overfit_batches: from the first batch. After the epoch's last batch (saved by a validation there) nothing
+    # is left to skip: that epoch draws no batch, and a skip set now would cut the next epoch's.
+    if (isinstance(trainer.train_loader.sampler, DistributedSampler)
+            and trainer.batches_done < trainer.num_training_batches):
         trainer.train_loader.sampler.start_after(trainer.batches_done * trainer.cfg.data.batch_size)  # data.py
     set_rng_state(state["rng"])
 
@@ -658,7 +670,7 @@ def on_before_optimizer_step(trainer: Trainer) -> None:
 
 def on_train_batch_end(trainer: Trainer) -> None:
     """After each optimizer step: the scalars Lightning's logger connector writes every log_every_n_steps (reading
-    a tensor's value waits for the device: only then), and the stop signal."""
+    a tensor's value waits for the device: only then), and whether a stop signal came."""
     step = trainer.global_step - 1  # the index of the step just taken
     if trainer.global_step % trainer.log_every_n_steps == 0:
         trainer.non_finite.check(trainer.model)
@@ -666,7 +678,7 @@ def on_train_batch_end(trainer: Trainer) -> None:
         log_metrics(trainer, {"train/grad_norm": trainer.grad_norm, "train/loss": loss, "lr": trainer.learning_rate,
                               "epoch": trainer.current_epoch}, step)
         trainer.progress.set_postfix(loss=f"{loss:.4f}")
-    check_stop_signal(trainer)
+    trainer.stopping = stop_agreed(trainer)
 
 
 @contextlib.contextmanager
@@ -680,37 +692,21 @@ def progress_bar(trainer: Trainer, batches: Iterable[Any]) -> Iterator[Iterable[
 
 
 # -- signals --
+# guards.stop_on_signals turns SIGTERM and Ctrl-C into a request that the loop reads after each step.
 
-@contextlib.contextmanager
-def stop_on_signals() -> Iterator[Callable[[], int | None]]:
-    """SIGTERM and SIGINT (Ctrl-C) ask the loop to stop after the current step instead of killing it.
-
-    Yields a function that returns the signal received, or None. A second Ctrl-C stops at once.
-    """
-    received: list[int] = []
-
-    def handler(signum, frame):
-        if received and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        received.append(signum)
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield lambda: received[0] if received else None
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+def stop_agreed(trainer: Trainer) -> bool:
+    """Whether a signal came, on any rank: under DDP all of them stop at the same step, or they would wait for each
+    other forever."""
+    return any_rank(trainer.stop_requested() is not None, trainer.device)
 
 
-def check_stop_signal(trainer: Trainer) -> None:
-    """The step is done: save last.ckpt (mid-epoch) and leave. Under DDP a signal on any rank stops all of them at
-    the same step, or they would wait for each other forever."""
-    if any_rank(trainer.stop_requested() is not None, trainer.device):
-        trainer_save_checkpoint(trainer, "last.ckpt")
-        for logger in trainer.loggers:
-            logger.finalize("failed")  # as Lightning's on an interrupt
-        raise TrainingStopped.by_signal(trainer.stop_requested() or signal.SIGTERM, trainer.current_epoch,
-                                        trainer.global_step, trainer.checkpoint_dir)
+def stop_training(trainer: Trainer) -> None:
+    """The step and its validation (at the epoch's last step: the epoch's end) are done: save last.ckpt, leave."""
+    trainer_save_checkpoint(trainer, "last.ckpt")
+    for logger in trainer.loggers:
+        logger.finalize("failed")  # as Lightning's on an interrupt
+    raise TrainingStopped.by_signal(trainer.stop_requested(), trainer.current_epoch, trainer.global_step,
+                                    trainer.checkpoint_dir)
 
 
 # -- DDP --
