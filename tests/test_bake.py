@@ -55,6 +55,8 @@ EXPECTED_FILES = TOUR_FILES | {
     "configs/logger/wandb.yaml", "src/pytorch_intro/loggers.py", "tests/test_loggers.py",
     "search.py", "configs/search.yaml", "configs/hparams_search/optuna.yaml", "src/pytorch_intro/hparam_search.py",
     "tests/test_search.py",
+    "src/pytorch_intro/tensor_loader.py", "tests/test_tensor_loader.py", "benchmarks/data_loading.py",
+    "benchmarks/gpu.py",
 }
 # Every value but the default (the first), for every choice variable; booleans flipped.
 OPTION_VALUES = [(key, value) for key, values in CONTEXT.items() if isinstance(values, list) and not key.startswith("_") for value in values[1:]]

@@ -5,6 +5,8 @@ import os
 import pickle
 import random
 import struct
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -15,7 +17,7 @@ import torchvision
 from conftest import compose_train, run_train
 from torchvision.datasets.utils import calculate_md5
 
-from {{ cookiecutter.package }}.data import DataPipeline
+from {{ cookiecutter.package }}.data import DIGITS_NORMALIZATION, DataPipeline, load_digits_tensors
 from {{ cookiecutter.package }}.errors import UserError
 
 
@@ -23,6 +25,22 @@ def split_indices(seed: int) -> list[list[int]]:
     data = DataPipeline(compose_train(["data=digits"]).data, seed=seed)
     data.setup()
     return [list(subset.indices) for subset in (data.train_set, data.val_set, data.test_set)]
+
+
+def test_digits_are_scikit_learns_read_without_importing_it():
+    code = ("import sys\n"
+            "from {{ cookiecutter.package }}.data import load_digits_tensors\n"
+            "images, labels = load_digits_tensors()\n"
+            "print('sklearn' in sys.modules, tuple(images.shape), labels.dtype)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "(1797,", "1,", "8,", "8)", "torch.int64"]
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images, labels = load_digits_tensors()
+    (mean,), (std,) = DIGITS_NORMALIZATION
+    expected = (torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0 - mean) / std
+    assert torch.equal(images, expected) and torch.equal(labels, torch.tensor(digits.target))
 
 
 def test_digits_split_is_deterministic_from_the_seed():

@@ -18,7 +18,6 @@ import torch
 from conftest import PROJECT_ROOT, assert_same_curves, compose_train, run_dirs, scalars
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from {{ cookiecutter.package }} import task
 from {{ cookiecutter.package }}.checkpoint import load_checkpoint, model_state_dict
 from {{ cookiecutter.package }}.data import DataPipeline
 from {{ cookiecutter.package }}.engines import lightning as lightning_engine
@@ -143,12 +142,11 @@ def test_weights_are_interchangeable(tmp_path):
     cfg = compose_train([*BASE])
     data = DataPipeline(cfg.data, seed=cfg.seed)
     data.setup()
-    accuracy = task.accuracy(cfg.data.num_classes)
 
     lightning_weights_in_raw = build_model(cfg.model)
     lightning_weights_in_raw.load_state_dict(weights(tmp_path / "lightning", "best.ckpt"))
-    tested = raw_engine.evaluation_loop(lightning_weights_in_raw, data.test_dataloader(), 2, accuracy,
-                                        torch.device("cpu"), raw_engine.PRECISIONS["32-true"])
+    tested = raw_engine.evaluation_loop(lightning_weights_in_raw, data.test_dataloader(), 2, torch.device("cpu"),
+                                        raw_engine.PRECISIONS["32-true"])
     assert tested["acc"] == results["lightning"]["test/acc"]
 
     raw_weights_in_lightning = lightning_engine.Classifier(build_model(cfg.model), cfg)

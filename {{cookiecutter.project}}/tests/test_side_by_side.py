@@ -7,6 +7,8 @@ written once, and imports that go one way (launch.py at the top, nothing below i
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,13 +67,27 @@ def test_the_five_basic_steps_stand_together_in_one_short_function():
 
 
 def test_the_loss_the_metric_and_the_optimizer_are_written_once():
-    """Neither engine computes the loss or builds the optimizer itself: both call task.py."""
+    """Neither engine computes the loss, the accuracy or builds the optimizer itself: both call task.py (raw counts
+    correct predictions with task.count_correct, Lightning logs task.accuracy's torchmetrics Metric)."""
+    own_accuracy = {"raw": "task.count_correct(", "lightning": "task.accuracy("}
     for engine, path in ENGINES.items():
         source = path.read_text()
-        for written_once in ("cross_entropy", "instantiate(", "MulticlassAccuracy("):
+        for written_once in ("cross_entropy", "instantiate(", "MulticlassAccuracy(", "argmax("):
             assert written_once not in source, f"engines/{engine}.py: {written_once}"
-        for shared in ("task.training_step(", "task.evaluation_step(", "task.configure_optimizers(", "task.accuracy("):
+        for shared in ("task.training_step(", "task.evaluation_step(", "task.configure_optimizers(",
+                       own_accuracy[engine]):
             assert shared in source, f"engines/{engine}.py does not call {shared}"
+
+
+def test_the_raw_engine_starts_without_torchmetrics_or_scikit_learn():
+    """Its start-up is torch's and the first optimizer's (benchmarks/engine_overhead.py): torchmetrics (with
+    torchvision's models) and scikit-learn (with scipy) took 3 s more. Lightning imports torchmetrics itself."""
+    code = ("import sys\n"
+            "import {{ cookiecutter.package }}.launch\n"
+            "import {{ cookiecutter.package }}.engines.raw\n"
+            "print(sorted({'torchmetrics', 'sklearn', 'scipy', 'torchvision', 'lightning'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def package_imports() -> dict[str, set[str]]:

@@ -39,6 +39,7 @@ BAD_VALUES = [
     (["data.batch_size=0"], "data.batch_size=0 is not valid: a whole number of at least 1"),
     (["data.batch_size=-3"], "data.batch_size=-3 is not valid"),
     (["data.num_workers=-1"], "data.num_workers=-1 is not valid: a whole number of at least 0"),
+    (["data.loader=gpu"], "data.loader=gpu is not valid: one of dataloader, tensor"),
     (["data.num_classes=1"], "data.num_classes=1 is not valid: a whole number of at least 2"),
     (["data.val_fraction=-0.1"], "data.val_fraction=-0.1 is not valid: a fraction in (0.0, 1.0)"),
     (["data=digits", "data.val_fraction=0.6", "data.test_fraction=0.5"],  # test images in the training set

@@ -4,9 +4,13 @@ engine=raw calls `prepare_data()`, `setup()` and the `*_dataloader()` methods it
 wraps this same class in a LightningDataModule and lets the Trainer call them.
 """
 
+import gzip
+import importlib.util
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig
@@ -14,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorData
 
 from .datafiles import check_mnist_contents, mnist_split_files, torchvision_error
 from .errors import UserError
+from .tensor_loader import TensorLoader, TensorSplit, decode
 
 # name -> (torchvision.datasets class, folder it creates under root, per-channel mean, per-channel std)
 TORCHVISION = {
@@ -23,6 +28,7 @@ TORCHVISION = {
 }
 DATASETS = ("digits", *TORCHVISION)
 DIGITS_NORMALIZATION = ((0.3,), (0.38,))  # approximately the mean and std of the digits' pixels in [0, 1]
+LOADERS = ("dataloader", "tensor")  # configs/data/*.yaml `loader`: torch's DataLoader, or tensor_loader.py
 
 
 def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -40,14 +46,23 @@ def image_transform(mean: tuple[float, ...], std: tuple[float, ...]) -> Callable
 
 def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's 8x8 digits as (N, 1, 8, 8) float images in [0, 1] (its pixels count 0-16), normalised, and int64
-    labels."""
-    from sklearn.datasets import load_digits  # imported here: only data=digits needs scikit-learn
+    labels. Read from the file scikit-learn ships, as its load_digits reads it, without importing scikit-learn: that
+    import (scipy with it) took 1 s of a 2 s start-up."""
+    spec = importlib.util.find_spec("sklearn")  # finds the package without importing it
+    path = Path(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz") if spec else None
+    if path is None or not path.is_file():  # not installed (its error says so), or another layout
+        from sklearn.datasets import load_digits
 
-    digits = load_digits()
-    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+        digits = load_digits()
+        flat, labels = digits.data, digits.target
+    else:
+        with gzip.open(path, "rt", encoding="utf-8") as file:
+            table = np.loadtxt(file, delimiter=",")  # 64 pixels and the label per row
+        flat, labels = table[:, :-1], table[:, -1].astype(int)
+    images = torch.tensor(flat.reshape(-1, 8, 8), dtype=torch.float32).unsqueeze(1) / 16.0
     (mean,), (std,) = DIGITS_NORMALIZATION
     images = (images - mean) / std  # as image_transform normalises an image file of a digit
-    return images, torch.tensor(digits.target, dtype=torch.int64)
+    return images, torch.tensor(labels, dtype=torch.int64)
 
 
 def limit_batches(num_batches: int, limit: int | float | None, key: str = "limit_*_batches") -> int:
@@ -119,12 +134,15 @@ class Augmented(Dataset):
 class DataPipeline:
     """Datasets and loaders for `data=<name>`, split deterministically from the seed."""
 
-    def __init__(self, cfg: DictConfig, seed: int, batch_limits: DictConfig | None = None) -> None:
-        """`batch_limits`: the trainer config, whose limit_*_batches setup() checks against the split sizes."""
+    def __init__(self, cfg: DictConfig, seed: int, batch_limits: DictConfig | None = None,
+                 device: torch.device | str = "cpu") -> None:
+        """`batch_limits`: the trainer config, whose limit_*_batches setup() checks against the split sizes;
+        `device`: the training device, where data.loader=tensor keeps the splits."""
         if cfg.name not in DATASETS:
             raise UserError(f"data.name={cfg.name!r} is not a known dataset: use one of {', '.join(DATASETS)}")
         super().__init__()  # lets Lightning's DataModule initialise itself when it is mixed in
-        self.cfg, self.seed, self.batch_limits = cfg, seed, batch_limits
+        self.cfg, self.seed, self.batch_limits, self.device = cfg, seed, batch_limits, torch.device(device)
+        self.tensor = cfg.get("loader", "dataloader") == "tensor"
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -153,7 +171,9 @@ class DataPipeline:
                                                         split_generator)
             self.test_set = self._torchvision(train=False, download=False)
         augment = self.cfg.get("augment") or {}
-        if augment.get("crop_padding") or augment.get("horizontal_flip"):  # the training split only
+        if self.tensor:  # decoded once, kept on the device; the loader augments whole batches there
+            self._to_tensors()
+        elif augment.get("crop_padding") or augment.get("horizontal_flip"):  # the training split only
             self.train_set = Augmented(self.train_set, self.seed, augment.get("crop_padding", 0),
                                        augment.get("horizontal_flip", False))
         if self.batch_limits is not None:  # before any training, in both engines: a limit that leaves no batch
@@ -189,6 +209,10 @@ class DataPipeline:
         sampler_class = EpochSampler if isinstance(dataset, Augmented) else ResumableSampler
         sampler = sampler_class(dataset, num_replicas=ranks, rank=rank, shuffle=shuffle, seed=self.seed) \
             if shuffle or ranks > 1 else None
+        if self.tensor:  # the same sampler, the batches cut on the device (augmented: the training split)
+            augment = (self.cfg.get("augment") or {}) if dataset is self.train_set else {}
+            return TensorLoader(dataset, self.cfg.batch_size, sampler, self.seed, augment.get("crop_padding", 0),
+                                augment.get("horizontal_flip", False))
         workers = self.cfg.num_workers
         return DataLoader(
             dataset,
@@ -201,6 +225,17 @@ class DataPipeline:
             # engines' dropout masks would depend on how often each one builds iterators.
             generator=torch.Generator().manual_seed(self.seed),
         )
+
+    def _to_tensors(self) -> None:
+        """data.loader=tensor: each split as one tensor on the device, decoded from the arrays the datasets read
+        from their files (tensor_loader.decode), not image by image through the transform."""
+        if self.batch_limits is not None and self.batch_limits.get("overfit_batches"):
+            raise UserError(f"trainer.overfit_batches={self.batch_limits.overfit_batches} with data.loader=tensor is "
+                            "not implemented (Lightning can only swap the sampler of a DataLoader): use "
+                            "data.loader=dataloader")
+        mean, std = normalization(self.cfg.name)
+        for name in ("train_set", "val_set", "test_set"):  # the seeded split's indices (Subset) kept
+            setattr(self, name, TensorSplit(*decode(getattr(self, name)), mean, std, self.device))
 
     def _torchvision(self, train: bool, download: bool) -> Dataset:
         import torchvision  # imported here: data=digits does not need it

@@ -35,6 +35,7 @@ PACKAGES = [
     ("numpy", "numpy"),
     ("sklearn", "scikit-learn"),
     ("matplotlib", "matplotlib"),
+    ("PIL", "pillow"),
     ("tqdm", "tqdm"),
 ]
 

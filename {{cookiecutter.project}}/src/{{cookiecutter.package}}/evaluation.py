@@ -187,7 +187,6 @@ def evaluate_raw(cfg: DictConfig, model: nn.Module, loader: DataLoader, num_batc
     """engine=raw: test_loop's evaluation, by hand; the scalars and figures under the training run's test tags."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from . import task
     from .engines import raw
 
     device = raw.pick_device(cfg.trainer.accelerator)
@@ -201,8 +200,7 @@ def evaluate_raw(cfg: DictConfig, model: nn.Module, loader: DataLoader, num_batc
         board.on_test_batch_end(inputs, logits, targets)
         counts.update(logits, targets)
 
-    metrics = raw.evaluation_loop(model, loader, num_batches, task.accuracy(cfg.data.num_classes).to(device), device,
-                                  precision, observe=observe)
+    metrics = raw.evaluation_loop(model, loader, num_batches, device, precision, observe=observe)
     writer = SummaryWriter(run_dir / cfg.logger.tensorboard.subdir)
     for name, value in metrics.items():
         writer.add_scalar(f"test/{name}", value, 0)

@@ -13,29 +13,27 @@ from .errors import UserError
 class NonFiniteLossGuard:
     """Notice a NaN/Inf loss without waiting for the device at every step.
 
-    `record` keeps, on the device, the first step whose loss was not finite and whether its inputs were;
-    `check` reads that back (one sync) at the logging cadence and before every checkpoint write, and stops
-    the run with an error that names the epoch and step.
+    `record` keeps each step's loss and whether its inputs were finite, on the device (two small ops a step);
+    `check` looks at those since the last check (one sync) at the logging cadence and before every checkpoint
+    write, and stops the run with an error that names the epoch and step of the first non-finite loss.
     """
 
-    def __init__(self, device: torch.device) -> None:
-        # The first bad step's epoch and step (-1: none yet) and whether its inputs were finite.
-        self.epoch = torch.tensor(-1, device=device)
-        self.step = torch.tensor(-1, device=device)
-        self.inputs_finite = torch.tensor(True, device=device)
+    def __init__(self) -> None:
+        self.pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []  # (epoch, step, loss, inputs finite)
 
     def record(self, loss: torch.Tensor, inputs: torch.Tensor, epoch: int, step: int) -> None:
         """Device-side only: no host sync and no host-to-device copy in the training loop."""
-        first_time = (self.step < 0) & ~torch.isfinite(loss.detach())
-        self.epoch = torch.where(first_time, epoch, self.epoch)
-        self.step = torch.where(first_time, step, self.step)
-        self.inputs_finite = torch.where(first_time, torch.isfinite(inputs).all(), self.inputs_finite)
+        self.pending.append((epoch, step, loss.detach(), torch.isfinite(inputs).all()))
 
     def check(self, model: nn.Module) -> None:
-        step = self.step.item()
-        if step < 0:
+        if not self.pending:
             return
-        epoch, inputs_finite = self.epoch.item(), self.inputs_finite.item()
+        finite = torch.isfinite(torch.stack([loss for _, _, loss, _ in self.pending]))
+        if finite.all():  # the sync
+            self.pending.clear()
+            return
+        epoch, step, _, inputs_finite = self.pending[int((~finite).nonzero()[0])]
+        inputs_finite = bool(inputs_finite)
         params_finite = all(torch.isfinite(p).all() for p in model.parameters())
         cause = ("the inputs of that batch were not finite: check the data" if not inputs_finite else
                  "the inputs were finite; the parameters are now " + ("finite" if params_finite else "not finite")

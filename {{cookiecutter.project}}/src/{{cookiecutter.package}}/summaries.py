@@ -33,8 +33,8 @@ from torch import nn
 from torch.utils.data import Dataset
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
-from torchmetrics.classification import MulticlassConfusionMatrix
 
+from .distributed import reduce_sum
 from .errors import UserError
 
 INPUTS_TAG = "inputs/train"
@@ -194,8 +194,8 @@ class Mistakes:
 
     def __init__(self, settings: Settings, num_classes: int, device: torch.device) -> None:
         self.settings = settings
-        # Under DDP, compute() adds up the counts of every rank (so every rank must call it).
-        self.confusion = MulticlassConfusionMatrix(num_classes=num_classes).to(device)
+        self.num_classes = num_classes
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)  # true x predicted
         self.images: list[torch.Tensor] = []
         self.predicted: list[torch.Tensor] = []
         self.true: list[torch.Tensor] = []
@@ -204,7 +204,8 @@ class Mistakes:
     def update(self, inputs: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
         predicted = logits.argmax(dim=1)
         if self.settings.confusion_matrix:
-            self.confusion.update(predicted, targets)
+            pairs = targets * self.num_classes + predicted  # one bin per (true, predicted) class
+            self.confusion += torch.bincount(pairs, minlength=self.num_classes ** 2).view_as(self.confusion)
         missing = self.settings.num_samples - sum(len(batch) for batch in self.true)
         if self.settings.images and missing > 0:
             wrong = (predicted != targets).nonzero().squeeze(1)[:missing]
@@ -215,7 +216,9 @@ class Mistakes:
     def write(self, writer: SummaryWriter | None, step: int) -> None:
         """Compute (on every rank) and write the figures (where `writer` is not None)."""
         if self.settings.confusion_matrix:
-            matrix = self.confusion.compute().cpu()  # syncs across ranks under DDP
+            matrix = self.confusion.clone()
+            reduce_sum(matrix)  # under DDP: every rank's counts (so every rank must call write)
+            matrix = matrix.cpu()
             if writer is not None:
                 writer.add_image(CONFUSION_MATRIX_TAG, confusion_matrix_figure(matrix), step, dataformats="HWC")
         if self.settings.images and writer is not None:
@@ -224,65 +227,83 @@ class Mistakes:
             writer.add_image(MISCLASSIFIED_TAG, figure, step, dataformats="HWC")
 
 
+# The figures are drawn with Pillow: matplotlib took over a second of every run to import and lay them out.
+BLUES = ((247, 251, 255), (8, 48, 107))  # the two ends of matplotlib's "Blues" colour map
+MISTAKE_RED = (214, 39, 40)
+
+
 def confusion_matrix_figure(matrix: torch.Tensor) -> np.ndarray:
-    """An RGB image (H, W, 3) of the counts: rows are the true classes, columns the predicted ones."""
-    figure, canvas = new_figure(size=(1.0 + 0.45 * len(matrix), 0.8 + 0.45 * len(matrix)))
-    figure.set_layout_engine("constrained")  # room for the axis labels
-    axes = figure.add_subplot()
-    axes.imshow(matrix.numpy(), cmap="Blues")
-    threshold = matrix.max().item() / 2
+    """An RGB image (H, W, 3) of the counts: rows are the true classes, columns the predicted ones; the darker a
+    cell, the larger its count."""
+    from PIL import Image, ImageDraw
+
+    font, classes, peak = label_font(), len(matrix), max(int(matrix.max()), 1)
+    cell = max(36, text_size(font, str(peak))[0] + 10)  # room for the largest count
+    left, top = 26 + text_size(font, str(classes - 1))[0], 8  # room for the axis title and the class numbers
+    image = Image.new("RGB", (left + classes * cell + 8, top + classes * cell + 44), "white")
+    draw = ImageDraw.Draw(image)
     for true, row in enumerate(matrix.tolist()):
         for predicted, count in enumerate(row):
-            axes.text(predicted, true, str(count), ha="center", va="center", fontsize=8,
-                      color="white" if count > threshold else "black")
-    axes.set(xlabel="predicted class", ylabel="true class", xticks=range(len(matrix)), yticks=range(len(matrix)))
-    return render(canvas)
+            shade = count / peak
+            x, y = left + predicted * cell, top + true * cell
+            draw.rectangle((x, y, x + cell - 1, y + cell - 1),
+                           fill=tuple(round(a + (b - a) * shade) for a, b in zip(*BLUES, strict=True)))
+            centred_text(draw, (x + cell / 2, y + cell / 2), str(count), font, "white" if shade > 0.5 else "black")
+    for index in range(classes):
+        number_width = text_size(font, str(index))[0]
+        centred_text(draw, (left - 4 - number_width / 2, top + (index + 0.5) * cell), str(index), font)
+        centred_text(draw, (left + (index + 0.5) * cell, top + classes * cell + 10), str(index), font)
+    centred_text(draw, (left + classes * cell / 2, image.height - 12), "predicted class", font)
+    title = Image.new("RGB", (classes * cell, 18), "white")  # the vertical axis title: drawn across, then turned
+    centred_text(ImageDraw.Draw(title), (title.width / 2, title.height / 2), "true class", font)
+    image.paste(title.rotate(90, expand=True), (2, top))
+    return np.asarray(image)
 
 
 def misclassified_figure(images: torch.Tensor, predicted: torch.Tensor, true: torch.Tensor) -> np.ndarray:
-    """An RGB image (H, W, 3): each wrong example titled with its predicted class, then its true one.
+    """An RGB image (H, W, 3): each wrong example titled with its predicted class, then its true one."""
+    from PIL import Image, ImageDraw
 
-    One picture of all the examples with the titles written on it: a subplot each would take a second.
-    """
-    columns, cell_inches = 8, 1.1
+    font, columns = label_font(), 8
     if len(images) == 0:
-        figure, canvas = new_figure(size=(columns * cell_inches, cell_inches))
-        figure.text(0.5, 0.5, "no misclassified test examples", ha="center", va="center")
-        return render(canvas)
+        image = Image.new("RGB", (columns * 96, 96), "white")
+        centred_text(ImageDraw.Draw(image), (image.width / 2, image.height / 2), "no misclassified test examples",
+                     font)
+        return np.asarray(image)
     pictures = viewable(images)
-    count, channels, height, width = pictures.shape
-    rows = math.ceil(count / columns)
-    title = math.ceil(0.3 * (width + 2))  # pixels above each picture for its title
-    cell_height, cell_width = title + height + 2, width + 2
-    sheet = torch.ones(channels, rows * cell_height, columns * cell_width)  # white between the pictures
-    for index, picture in enumerate(pictures):
-        top, left = index // columns * cell_height + title + 1, index % columns * cell_width + 1
-        sheet[:, top:top + height, left:left + width] = picture
-    scale = cell_inches / cell_width  # inches per pixel of the sheet
-    figure, canvas = new_figure(size=(sheet.shape[2] * scale, sheet.shape[1] * scale))
-    axes = figure.add_axes((0, 0, 1, 1))
-    axes.imshow(sheet[0].numpy() if channels == 1 else sheet.permute(1, 2, 0).numpy(), cmap="gray", vmin=0, vmax=1,
-                interpolation="nearest", aspect="auto")
-    axes.axis("off")
-    for index, (guess, label) in enumerate(zip(predicted.tolist(), true.tolist(), strict=True)):
-        axes.text(index % columns * cell_width + cell_width / 2, index // columns * cell_height + title / 2 + 0.5,
-                  f"{guess} (true {label})", ha="center", va="center", fontsize=9, color="tab:red")
-    return render(canvas)
+    scale = math.ceil(64 / min(pictures.shape[-2:]))  # at least 64 pixels a side, pixel by pixel
+    pictures = F.interpolate(pictures, scale_factor=scale, mode="nearest") if scale > 1 else pictures
+    pictures = (pictures * 255).round().to(torch.uint8)
+    pictures = pictures.expand(-1, 3, -1, -1) if pictures.shape[1] == 1 else pictures
+    titles = [f"{guess} (true {label})" for guess, label in zip(predicted.tolist(), true.tolist(), strict=True)]
+    count, _, height, width = pictures.shape
+    cell_width = max(width, *(text_size(font, title)[0] for title in titles)) + 8
+    cell_height = height + 22  # the title above the picture
+    sheet = Image.new("RGB", (columns * cell_width, math.ceil(count / columns) * cell_height), "white")
+    draw = ImageDraw.Draw(sheet)
+    for index, (picture, title) in enumerate(zip(pictures, titles, strict=True)):
+        x, y = index % columns * cell_width, index // columns * cell_height
+        sheet.paste(Image.fromarray(picture.permute(1, 2, 0).numpy()), (x + (cell_width - width) // 2, y + 20))
+        centred_text(draw, (x + cell_width / 2, y + 10), title, font, MISTAKE_RED)
+    return np.asarray(sheet)
 
 
-def new_figure(size: tuple[float, float]) -> tuple[Any, Any]:
-    """A matplotlib figure drawn off-screen by the Agg backend, without pyplot (no window, no global state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # imported here: only needed after the test
-    from matplotlib.figure import Figure
+def label_font() -> Any:
+    """Pillow's own font at 12 px (a bitmap font where Pillow has no FreeType)."""
+    from PIL import ImageFont
 
-    figure = Figure(figsize=size, dpi=100)
-    return figure, FigureCanvasAgg(figure)
+    return ImageFont.load_default(size=12)
 
 
-def render(canvas: Any) -> np.ndarray:
-    """The figure's pixels as an RGB array (H, W, 3) for SummaryWriter.add_image(dataformats="HWC")."""
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+def text_size(font: Any, text: str) -> tuple[int, int]:
+    left, top, right, bottom = font.getbbox(text)
+    return right - left, bottom - top
+
+
+def centred_text(draw: Any, centre: tuple[float, float], text: str, font: Any, fill: Any = "black") -> None:
+    """Text centred on a point, measured rather than anchored (a bitmap font takes no anchor)."""
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    draw.text((centre[0] - (left + right) / 2, centre[1] - (top + bottom) / 2), text, font=font, fill=fill)
 
 
 def hparam_values(cfg: DictConfig) -> dict[str, str | int | float | bool]:

@@ -1,20 +1,24 @@
-"""What both engines do identically: the training step, the evaluation step, the metric, the optimizer and
-its schedule. engines/raw.py calls these from its loop, engines/lightning.py from its LightningModule: a change
-to the loss, the metric or the optimizer is one edit here.
+"""What both engines do identically: the training step, the evaluation step, the accuracy (counted by hand in
+engine=raw, by the same rule as a torchmetrics Metric in engine=lightning), the optimizer and its schedule.
+engines/raw.py calls these from its loop, engines/lightning.py from its LightningModule: a change to the loss,
+the metric or the optimizer is one edit here.
 """
 
 import functools
 import inspect
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from torchmetrics.classification import MulticlassAccuracy
 
 # Keys of configs/scheduler/*.yaml that are ours, not the scheduler's: how the engines drive it.
 SCHEDULER_DRIVER_KEYS = ("interval", "monitor")
@@ -37,8 +41,18 @@ def evaluation_step(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch
     return F.cross_entropy(logits, targets, reduction="sum"), logits
 
 
-def accuracy(num_classes: int) -> MulticlassAccuracy:
-    """The share of samples whose largest logit is the true class; under DDP it adds up every rank's counts."""
+def count_correct(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """How many samples' largest logit is the true class: engine=raw adds these up (over batches and, under DDP, over
+    ranks with the loss sums) into the accuracy, by hand."""
+    return (logits.argmax(dim=1) == targets).sum()
+
+
+def accuracy(num_classes: int) -> "MulticlassAccuracy":
+    """engine=lightning's accuracy: the same share as engine=raw's count_correct, as a torchmetrics Metric that
+    `self.log` accumulates over the epoch and syncs under DDP. Imported here: torchmetrics takes 2 s to import
+    (torchvision's models with it), which engine=raw does without."""
+    from torchmetrics.classification import MulticlassAccuracy
+
     return MulticlassAccuracy(num_classes=num_classes, average="micro")
 
 

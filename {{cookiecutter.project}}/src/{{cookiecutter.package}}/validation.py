@@ -94,6 +94,7 @@ RULES: dict[str, Rule] = {
     "data.test_fraction": Rule("a fraction in (0.0, 1.0)", lambda v: number(v) and 0 < v < 1),
     "data.pin_memory": BOOLEAN,
     "data.download": BOOLEAN,
+    "data.loader": one_of("dataloader", "tensor"),  # data.LOADERS (this module imports no torch)
     "data.augment.crop_padding": WHOLE_0,
     "data.augment.horizontal_flip": BOOLEAN,
     "model.channels": Rule("a list of at least one whole number of at least 1, e.g. [32,64]",

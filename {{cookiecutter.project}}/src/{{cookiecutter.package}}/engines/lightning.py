@@ -92,6 +92,10 @@ class DataModule(data.DataPipeline, L.LightningDataModule):
     far into the epoch training got, which a resume hands to data.py (Lightning would replay the epoch from its
     start, as the DataLoader restarts): the state engine=raw saves as `data_order`."""
 
+    def setup(self, stage: str) -> None:
+        self.device = self.trainer.strategy.root_device  # where data.loader=tensor keeps the images
+        super().setup(stage)
+
     def state_dict(self) -> dict[str, Any]:
         done = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
         return {"batches_done": done % self.trainer.num_training_batches}  # 0 at the end of an epoch
@@ -187,7 +191,7 @@ class NonFiniteGuard(L.Callback):
     cadence and before each checkpoint is written."""
 
     def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self.guard, self.step = guards.NonFiniteLossGuard(module.device), 0
+        self.guard, self.step = guards.NonFiniteLossGuard(), 0
 
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         self.step = trainer.global_step  # the step this batch's loss counts towards

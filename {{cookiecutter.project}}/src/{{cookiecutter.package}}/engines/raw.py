@@ -26,7 +26,6 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
-from torchmetrics import Metric
 from tqdm import tqdm
 
 from .. import console, loggers, summaries, task
@@ -70,7 +69,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
     torch.autograd.set_detect_anomaly(bool(cfg.debug.detect_anomaly))  # debug=anomaly: slow, names the bad op
 
     # The data pipeline the Lightning engine wraps in a LightningDataModule, its hooks called by hand.
-    trainer.data = DataPipeline(cfg.data, seed=cfg.seed, batch_limits=cfg.trainer)
+    trainer.data = DataPipeline(cfg.data, seed=cfg.seed, batch_limits=cfg.trainer, device=trainer.device)
     if trainer.world.local_rank == 0:  # downloads: once per machine, as Lightning calls prepare_data
         trainer.data.prepare_data()
     barrier()  # under DDP the other ranks wait for it
@@ -90,9 +89,8 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
     # Loss scaling keeps float16 gradients from underflowing; with any other precision it does nothing.
     trainer.scaler = torch.amp.GradScaler(trainer.device.type,
                                           enabled=trainer.precision.autocast_dtype == torch.float16)
-    trainer.accuracy = task.accuracy(cfg.data.num_classes).to(trainer.device)
     trainer.early_stopping = EarlyStopping.from_config(cfg.callbacks.get("early_stopping"))
-    trainer.non_finite = NonFiniteLossGuard(trainer.device)
+    trainer.non_finite = NonFiniteLossGuard()
 
     if ckpt_path is not None:  # Trainer.fit(ckpt_path=...): continue exactly where the checkpoint left off
         restore_checkpoint(trainer, ckpt_path)
@@ -134,7 +132,6 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     schedule: task.Schedule | None
     scaler: torch.amp.GradScaler
-    accuracy: Metric
     early_stopping: "EarlyStopping"
     non_finite: NonFiniteLossGuard
     summaries: summaries.Summaries
@@ -147,6 +144,7 @@ class Trainer:
 
     def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
         self.cfg, self.run_dir = cfg, run_dir
+        self.config_yaml = OmegaConf.to_yaml(cfg)  # in every checkpoint: written once (6 ms a time)
         settings = cfg.trainer
         self.max_epochs, self.max_steps = settings.max_epochs, settings.max_steps
         self.accumulate_grad_batches = settings.accumulate_grad_batches
@@ -252,8 +250,10 @@ def autocast(device: torch.device, precision: Precision):
 
 def set_deterministic(deterministic: bool | str) -> None:
     """Trainer(deterministic=True | "warn" | False), set as Lightning sets it: deterministic kernels, with an error
-    (a warning) where an op has none; False switches them off again."""
-    torch.use_deterministic_algorithms(bool(deterministic), warn_only=deterministic == "warn")
+    (a warning) where an op has none; False switches them off again. Off, torch's default, needs no call: the
+    call imports torch's compiler (torch._dynamo, 1.5 s of start-up) to set its flag too."""
+    if deterministic or torch.are_deterministic_algorithms_enabled():
+        torch.use_deterministic_algorithms(bool(deterministic), warn_only=deterministic == "warn")
     if deterministic:
         torch.backends.cudnn.benchmark = False
         os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"  # cuBLAS needs it to be deterministic
@@ -451,7 +451,7 @@ def validation_loop(trainer: Trainer) -> None:
     ModelCheckpoint(monitor) and EarlyStopping do with its metrics: best.ckpt is rewritten when `monitor` improved,
     at the epoch's end or, when validation may run inside it, at once (and last.ckpt too)."""
     trainer.val_metrics = evaluation_loop(trainer.ddp_model, trainer.val_loader, trainer.num_val_batches,
-                                          trainer.accuracy, trainer.device, trainer.precision)
+                                          trainer.device, trainer.precision)
     log_metrics(trainer, {**{f"val/{name}": value for name, value in trainer.val_metrics.items()},
                           "epoch": trainer.current_epoch}, trainer.global_step - 1)  # the epoch's last step
     if trainer.fast_dev_run:  # Lightning's fast_dev_run: no checkpoints, no early stopping
@@ -479,8 +479,8 @@ def test_loop(trainer: Trainer) -> dict[str, float]:
     test_loader = trainer.data.test_dataloader()
     num_test_batches = limit_batches(len(test_loader), trainer.limit_test_batches)
     trainer.summaries.on_test_start(trainer.device)
-    metrics = evaluation_loop(trainer.ddp_model, test_loader, num_test_batches, trainer.accuracy, trainer.device,
-                              trainer.precision, observe=trainer.summaries.on_test_batch_end)
+    metrics = evaluation_loop(trainer.ddp_model, test_loader, num_test_batches, trainer.device, trainer.precision,
+                              observe=trainer.summaries.on_test_batch_end)
     log_metrics(trainer, {**{f"test/{name}": value for name, value in metrics.items()},
                           "epoch": trainer.current_epoch}, trainer.global_step)
     # The confusion matrix (computed on every rank), the misclassified examples, the hparams: written by rank 0.
@@ -491,26 +491,25 @@ def test_loop(trainer: Trainer) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluation_loop(model: nn.Module, loader: DataLoader, num_batches: int, accuracy: Metric, device: torch.device,
+def evaluation_loop(model: nn.Module, loader: DataLoader, num_batches: int, device: torch.device,
                     precision: Precision, observe: Callable[..., None] | None = None) -> dict[str, float]:
     """Mean loss over samples and accuracy, in eval mode (dropout off, batch-norm running statistics), from
     LightningModule.validation_step / test_step (task.py). `observe(inputs, logits, targets)` sees every batch."""
     model.eval()
-    accuracy.reset()
-    loss_sum, count = torch.zeros((), device=device), torch.zeros((), device=device)
+    loss_sum, correct, count = (torch.zeros((), device=device) for _ in range(3))
     for batch in itertools.islice(loader, num_batches):
         inputs, targets = batch_to_device(batch, device, precision)
         with autocast(device, precision):
             batch_loss_sum, logits = task.evaluation_step(model, (inputs, targets))
         loss_sum += batch_loss_sum
+        correct += task.count_correct(logits, targets)
         count += len(targets)
-        accuracy.update(logits, targets)
         if observe is not None:
             observe(inputs, logits, targets)
-    reduce_sum(loss_sum, count)  # under DDP: over every rank's share of the data (accuracy syncs itself)
+    reduce_sum(loss_sum, correct, count)  # under DDP: over every rank's share of the data
     if count == 0:
         return {"loss": float("nan"), "acc": float("nan")}
-    return {"loss": (loss_sum / count).item(), "acc": accuracy.compute().item()}
+    return {"loss": (loss_sum / count).item(), "acc": (correct / count).item()}
 
 
 class EarlyStopping:
@@ -566,7 +565,7 @@ def trainer_save_checkpoint(trainer: Trainer, name: str, weights_only: bool = Fa
     trainer.non_finite.check(trainer.model)  # never overwrite the last good state with a broken one
     if not trainer.world.is_main or trainer.fast_dev_run:  # fast_dev_run: no checkpoints
         return
-    state = {"engine": "raw", "model": trainer.model.state_dict(), "config": OmegaConf.to_yaml(trainer.cfg)}
+    state = {"engine": "raw", "model": trainer.model.state_dict(), "config": trainer.config_yaml}
     if weights_only:
         state |= {"epoch": trainer.current_epoch, "global_step": trainer.global_step,
                   trainer.monitor: trainer.best_score}
