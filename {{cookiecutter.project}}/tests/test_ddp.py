@@ -226,6 +226,20 @@ def test_raw_and_lightning_ddp_agree_step_by_step(multirun):
     assert all(torch.allclose(raw_weights[k], lit_weights[k], atol=1e-6) for k in raw_weights)
 
 
+def test_the_tensor_data_path_gives_each_rank_the_same_share_as_the_dataloader(multirun, tmp_path):
+    """data.loader=tensor under DDP: each rank's batches come from the same sampler share, so both engines log
+    exactly the DataLoader path's losses at every step (digits: no augmentation, the same batches)."""
+    log_dir, _ = multirun
+    tensor_dir = tmp_path / "logs"
+    result = run_train(tensor_dir, "-m", "engine=raw,lightning", *DDP_RUN, "data.loader=tensor", timeout=DEADLINE_S)
+    assert result.returncode == 0, explain(result, tensor_dir)
+    for engine, job in job_dirs(log_dir).items():
+        dataloader, tensor = scalars(job), scalars(job_dirs(tensor_dir)[engine])
+        for tag in ("train/loss", "train/grad_norm", "val/loss", "val/acc"):  # the first two epochs: the sweep's own
+            expected = [(step, value) for step, value in dataloader[tag] if step < 2 * STEPS_PER_EPOCH]
+            assert tensor[tag] == expected, (engine, tag)
+
+
 @pytest.fixture(scope="module")
 def resumed(multirun) -> dict[str, subprocess.CompletedProcess]:
     """Each job of the sweep resumed from its last.ckpt for a third epoch, as a plain DDP run."""
