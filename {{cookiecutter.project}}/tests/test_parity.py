@@ -71,17 +71,28 @@ def test_engines_agree_step_by_step(tmp_path, case):
     assert set(results["raw"]) == set(results["lightning"])
 
 
+def stopped_and_resumed(engine, tmp_path, common, stopped_epochs, epochs) -> dict:
+    """`epochs` straight into tmp_path/straight; `stopped_epochs`, then resumed to `epochs`, into tmp_path/resumed.
+    Returns the resumed run's metrics."""
+    train(engine, tmp_path / "straight", [*common, f"trainer.max_epochs={epochs}"])
+    train(engine, tmp_path / "resumed", [*common, f"trainer.max_epochs={stopped_epochs}"])
+    return train(engine, tmp_path / "resumed", [*common, f"trainer.max_epochs={epochs}"],
+                 ckpt_path=tmp_path / "resumed" / "checkpoints" / "last.ckpt")[1]
+
+
+def differing_weights(tmp_path) -> list[str]:
+    """The tensors whose last.ckpt values differ between tmp_path/straight and tmp_path/resumed."""
+    straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    return [k for k in straight if not torch.equal(straight[k], resumed[k])]
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_resume_is_exact(tmp_path, engine):
     """2 epochs, stop, resume to 4 == 4 straight (final weights, bitwise), with dropout and a scheduler."""
     common = ["model=mlp", "model.dropout=0.3", "scheduler=cosine", "scheduler.T_max=4"]
-    train(engine, tmp_path / "straight", [*common, "trainer.max_epochs=4"])
-    train(engine, tmp_path / "resumed", [*common, "trainer.max_epochs=2"])
-    _, metrics = train(engine, tmp_path / "resumed", [*common, "trainer.max_epochs=4"],
-                       ckpt_path=tmp_path / "resumed" / "checkpoints" / "last.ckpt")
+    metrics = stopped_and_resumed(engine, tmp_path, common, stopped_epochs=2, epochs=4)
     assert (metrics["epochs"], metrics["global_step"]) == (4, 24)
-    straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
-    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert differing_weights(tmp_path) == []
 
 
 # Step 9 is batch 3 of epoch 1, step 12 its last: the run stops after the step's validation (val_check_interval=3
@@ -117,8 +128,7 @@ def test_a_signal_during_an_epoch_resumes_exactly(tmp_path, engine, signum, step
     assert load_checkpoint(last).get("progress", load_checkpoint(last))["global_step"] == step
     _, metrics = train(engine, tmp_path / "resumed", common, ckpt_path=last)
     assert (metrics["epochs"], metrics["global_step"]) == (3, 18)
-    straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
-    assert [k for k in straight if not torch.equal(straight[k], resumed[k])] == []
+    assert differing_weights(tmp_path) == []
     assert scalars(tmp_path / "resumed")["val/acc"] == scalars(tmp_path / "straight")["val/acc"]
 
 
@@ -127,13 +137,9 @@ def test_a_resume_from_the_validation_at_an_epochs_last_batch_trains_every_later
     """val_check_interval=0.5 saves last.ckpt after the epoch's last batch, inside the epoch: resuming it runs
     that epoch's end and then the next epochs in full (limit_train_batches=6 of 20: the order's first batches)."""
     common = ["model.dropout=0.3", "scheduler=none", "trainer.val_check_interval=0.5"]
-    train(engine, tmp_path / "straight", [*common, "trainer.max_epochs=3"])
-    train(engine, tmp_path / "resumed", [*common, "trainer.max_epochs=2"])
-    _, metrics = train(engine, tmp_path / "resumed", [*common, "trainer.max_epochs=3"],
-                       ckpt_path=tmp_path / "resumed" / "checkpoints" / "last.ckpt")
+    metrics = stopped_and_resumed(engine, tmp_path, common, stopped_epochs=2, epochs=3)
     assert (metrics["epochs"], metrics["global_step"]) == (3, 18)
-    straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
-    assert [k for k in straight if not torch.equal(straight[k], resumed[k])] == []
+    assert differing_weights(tmp_path) == []
 
 
 def test_weights_are_interchangeable(tmp_path):

@@ -177,7 +177,7 @@ class ConfusionCounts:
 
 
 def save_png(image: Any, path: Path) -> None:
-    from PIL import Image  # matplotlib's and torchvision's dependency
+    from PIL import Image  # pillow, which summaries.py draws the figures with
 
     Image.fromarray(image).save(path)
 

@@ -100,7 +100,7 @@ def load_model(value: Any, key: str = "model_path") -> Model:
 
 def image_from_bytes(data: bytes, model: Model) -> torch.Tensor:
     """An image file's bytes as the model's input; BadInput when it is not an image the model takes."""
-    from PIL import Image  # torchvision's and matplotlib's dependency
+    from PIL import Image  # pillow, which summaries.py draws the figures with
 
     try:
         with Image.open(io.BytesIO(data)) as image:

@@ -194,7 +194,6 @@ class Mistakes:
 
     def __init__(self, settings: Settings, num_classes: int, device: torch.device) -> None:
         self.settings = settings
-        self.num_classes = num_classes
         self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)  # true x predicted
         self.images: list[torch.Tensor] = []
         self.predicted: list[torch.Tensor] = []
@@ -204,8 +203,9 @@ class Mistakes:
     def update(self, inputs: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
         predicted = logits.argmax(dim=1)
         if self.settings.confusion_matrix:
-            pairs = targets * self.num_classes + predicted  # one bin per (true, predicted) class
-            self.confusion += torch.bincount(pairs, minlength=self.num_classes ** 2).view_as(self.confusion)
+            classes = len(self.confusion)
+            pairs = targets * classes + predicted  # one bin per (true, predicted) class
+            self.confusion += torch.bincount(pairs, minlength=classes ** 2).view_as(self.confusion)
         missing = self.settings.num_samples - sum(len(batch) for batch in self.true)
         if self.settings.images and missing > 0:
             wrong = (predicted != targets).nonzero().squeeze(1)[:missing]
