@@ -84,9 +84,11 @@ def check_rendered_and_valid(project: Path) -> None:
 
 
 def ruff_check(project: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], cwd=project,
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
+    """What the generated CI, `make lint` and pre-commit run: the lint rules and the formatter's layout."""
+    for command in (["check"], ["format", "--check"]):
+        result = subprocess.run([sys.executable, "-m", "ruff", *command, "--no-cache", "."], cwd=project,
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_default_bake_has_exactly_the_expected_files(default_bake):

@@ -60,8 +60,10 @@ def write_synthetic_cifar(root: Path, images: int) -> None:
     generator = np.random.default_rng(0)
     for name in CIFAR_FILES:
         count = max(1, images // 5)
-        batch = {"data": generator.integers(0, 256, (count, 3072), dtype=np.uint8),
-                 "labels": [int(label) for label in generator.integers(0, 10, count)]}
+        batch = {
+            "data": generator.integers(0, 256, (count, 3072), dtype=np.uint8),
+            "labels": [int(label) for label in generator.integers(0, 10, count)],
+        }
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
     (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"class {i}" for i in range(10)]}, protocol=2))
 
@@ -82,8 +84,15 @@ def real_cifar(data_dir: Path) -> bool:
 
 
 def recipe(root: Path, loader: str, *overrides: str) -> list[str]:
-    return ["experiment=cifar10", "trainer=cpu", "trainer.precision=32-true", f"data.root={root}",
-            "data.download=false", f"data.loader={loader}", *overrides]
+    return [
+        "experiment=cifar10",
+        "trainer=cpu",
+        "trainer.precision=32-true",
+        f"data.root={root}",
+        "data.download=false",
+        f"data.loader={loader}",
+        *overrides,
+    ]
 
 
 def child_loading(args: argparse.Namespace) -> dict:
@@ -108,8 +117,14 @@ def child_loading(args: argparse.Namespace) -> dict:
         started = time.perf_counter()
         samples = sum(len(targets) for _, targets in loader)
         passes.append(time.perf_counter() - started)
-    return {"setup_s": setup_s, "first_pass_s": passes[0], "pass_s": passes[1], "samples": samples,
-            "samples_per_s": samples / passes[1], "first_pass_samples_per_s": samples / passes[0]}
+    return {
+        "setup_s": setup_s,
+        "first_pass_s": passes[0],
+        "pass_s": passes[1],
+        "samples": samples,
+        "samples_per_s": samples / passes[1],
+        "first_pass_samples_per_s": samples / passes[0],
+    }
 
 
 def child_epochs(args: argparse.Namespace) -> dict:
@@ -121,26 +136,45 @@ def child_epochs(args: argparse.Namespace) -> dict:
 
     if args.synthetic:
         trust_synthetic_cifar(args.root)
-    run_dir = Path(tempfile.mkdtemp(prefix="data_loading_run_"))
-    overrides = [f"trainer.max_epochs={args.epochs}", "trainer.enable_progress_bar=false", "logger=none",
-                 f"paths.log_dir={run_dir}", "engine=raw", "trainer.limit_test_batches=1"]
-    if not args.synthetic:
-        overrides.append(f"trainer.limit_train_batches={max(1, args.images // 512)}")
-    cfg = compose(recipe(args.root, args.loader, *overrides, *args.override))
-    with contextlib.redirect_stdout(io.StringIO()):
-        metrics = train(cfg, run_dir / "run")
+    # The run's checkpoints are tens of MB (ResNet-9) and nothing reads them: removed with the folder.
+    with tempfile.TemporaryDirectory(prefix="data_loading_run_") as run_dir:
+        overrides = [
+            f"trainer.max_epochs={args.epochs}",
+            "trainer.enable_progress_bar=false",
+            "logger=none",
+            f"paths.log_dir={run_dir}",
+            "engine=raw",
+            "trainer.limit_test_batches=1",
+        ]
+        if not args.synthetic:
+            overrides.append(f"trainer.limit_train_batches={max(1, args.images // 512)}")
+        cfg = compose(recipe(args.root, args.loader, *overrides, *args.override))
+        with contextlib.redirect_stdout(io.StringIO()):
+            metrics = train(cfg, Path(run_dir) / "run")
     times = metrics["epoch_times_s"]
     return {"epoch_times_s": times, "epoch_s": statistics.median(times), "test/acc": metrics["test/acc"]}
 
 
 def spawn(args: argparse.Namespace, mode: str, loader: str, augment: bool) -> dict:
     """A child process of this script; its wall time, and its CPU time with its own children's."""
-    command = [sys.executable, __file__, f"--child={mode}", f"--loader={loader}", f"--root={args.root}",
-               f"--images={args.images}", f"--epochs={args.epochs}", f"--threads={args.threads}",
-               *(["--augment"] if augment else []), *(["--synthetic"] if args.synthetic else []),
-               *(f"--override={o}" for o in args.override)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads),
-           "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    command = [
+        sys.executable,
+        __file__,
+        f"--child={mode}",
+        f"--loader={loader}",
+        f"--root={args.root}",
+        f"--images={args.images}",
+        f"--epochs={args.epochs}",
+        f"--threads={args.threads}",
+        *(["--augment"] if augment else []),
+        *(["--synthetic"] if args.synthetic else []),
+        *(f"--override={o}" for o in args.override),
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     result = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
@@ -181,8 +215,10 @@ def main() -> None:
     if args.synthetic:
         args.root = Path(scratch.name) / "data"
         write_synthetic_cifar(args.root, args.images)
-        print(f"data: SYNTHETIC CIFAR-10-format files ({args.images} training images, {args.images // 5} test, "
-              f"random pixels) in {args.root}: no CIFAR-10 files under {args.data_dir} (download needs internet)")
+        print(
+            f"data: SYNTHETIC CIFAR-10-format files ({args.images} training images, {args.images // 5} test, "
+            f"random pixels) in {args.root}: no CIFAR-10 files under {args.data_dir} (download needs internet)"
+        )
     else:
         args.root = args.data_dir
         print(f"data: the real CIFAR-10 files under {args.data_dir} (epoch runs: {args.images} training images)")
@@ -193,44 +229,69 @@ def main() -> None:
         for augment in (True, False):
             for loader in LOADERS:
                 runs.setdefault(f"loading {loader} {'augmented' if augment else 'plain'}", []).append(
-                    spawn(args, "loading", loader, augment))
+                    spawn(args, "loading", loader, augment)
+                )
         if not args.no_epochs:
             for loader in LOADERS:
                 runs.setdefault(f"epoch {loader}", []).append(spawn(args, "epochs", loader, True))
     load_after = os.getloadavg()
 
     figures = {}
-    print(f"\nloading, one pass over the training split (samples {runs[next(iter(runs))][0]['samples']}, batch 512; "
-          "median over repeats, min-max):")
+    print(
+        f"\nloading, one pass over the training split (samples {runs[next(iter(runs))][0]['samples']}, batch 512; "
+        "median over repeats, min-max):"
+    )
     for name, repeats in runs.items():
         if name.startswith("loading"):
-            fields = {key: spread([run[key] for run in repeats]) for key in
-                      ("samples_per_s", "first_pass_samples_per_s", "setup_s", "wall_s", "cpu_s")}
+            fields = {
+                key: spread([run[key] for run in repeats])
+                for key in ("samples_per_s", "first_pass_samples_per_s", "setup_s", "wall_s", "cpu_s")
+            }
             figures[name] = fields
             rate, first = fields["samples_per_s"], fields["first_pass_samples_per_s"]
-            print(f"  {name.removeprefix('loading '):22s} {rate['median']:9.0f} samples/s ({rate['min']:.0f}-"
-                  f"{rate['max']:.0f}); first pass {first['median']:.0f}/s; setup {fields['setup_s']['median']:.2f} s;"
-                  f" process wall {fields['wall_s']['median']:.1f} s, CPU {fields['cpu_s']['median']:.1f} s")
+            print(
+                f"  {name.removeprefix('loading '):22s} {rate['median']:9.0f} samples/s ({rate['min']:.0f}-"
+                f"{rate['max']:.0f}); first pass {first['median']:.0f}/s; setup {fields['setup_s']['median']:.2f} s;"
+                f" process wall {fields['wall_s']['median']:.1f} s, CPU {fields['cpu_s']['median']:.1f} s"
+            )
     if not args.no_epochs:
-        print(f"\nepoch time, experiment=cifar10 engine=raw trainer=cpu precision 32-true (median epoch of "
-              f"{args.epochs}, training + validation):")
+        print(
+            f"\nepoch time, experiment=cifar10 engine=raw trainer=cpu precision 32-true (median epoch of "
+            f"{args.epochs}, training + validation):"
+        )
         for loader in LOADERS:
             repeats = runs[f"epoch {loader}"]
             fields = {key: spread([run[key] for run in repeats]) for key in ("epoch_s", "wall_s", "cpu_s")}
             figures[f"epoch {loader}"] = fields
             epoch = fields["epoch_s"]
-            print(f"  {loader:22s} {epoch['median']:9.2f} s/epoch ({epoch['min']:.2f}-{epoch['max']:.2f}); "
-                  f"process wall {fields['wall_s']['median']:.1f} s, CPU {fields['cpu_s']['median']:.1f} s")
+            print(
+                f"  {loader:22s} {epoch['median']:9.2f} s/epoch ({epoch['min']:.2f}-{epoch['max']:.2f}); "
+                f"process wall {fields['wall_s']['median']:.1f} s, CPU {fields['cpu_s']['median']:.1f} s"
+            )
     print(f"\nload average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
     if args.json:
         import torch
 
-        args.json.write_text(json.dumps({
-            "environment": {"date": datetime.now().isoformat(timespec="seconds"), "python": platform.python_version(),
-                            "torch": torch.__version__, "cpus": os.cpu_count(), "platform": platform.platform()},
-            "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "synthetic": args.synthetic, "load_average": {"before": load_before, "after": load_after},
-            "runs": runs, "figures": figures}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "environment": {
+                        "date": datetime.now().isoformat(timespec="seconds"),
+                        "python": platform.python_version(),
+                        "torch": torch.__version__,
+                        "cpus": os.cpu_count(),
+                        "platform": platform.platform(),
+                    },
+                    "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                    "synthetic": args.synthetic,
+                    "load_average": {"before": load_before, "after": load_after},
+                    "runs": runs,
+                    "figures": figures,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -111,13 +111,18 @@ TARGETS = (
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=3, help="runs of each trainer (default: 3)")
     parser.add_argument("--epochs", type=int, default=10, help="epochs per run (default: 10, as configs/trainer)")
     parser.add_argument("--target", type=float, default=0.97, help="test accuracy for time-to-accuracy (0.97)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads per process, OMP_NUM_THREADS (default: 1, see below; 0: torch's choice)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per process, OMP_NUM_THREADS (default: 1, see below; 0: torch's choice)",
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write every figure to PATH as JSON")
     parser.add_argument("--worker", nargs=2, metavar=("MODE", "OUT"), help=argparse.SUPPRESS)  # one run, internal
     args = parser.parse_args(argv)
@@ -130,10 +135,13 @@ def main(argv: list[str] | None = None) -> None:
     env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
     load_before = os.getloadavg()
     environ = environment(args)
-    print(f"{environ['date']}, {environ['processor']}, {environ['cpus']} CPUs, torch {environ['torch']} (threads: "
-          f"{environ['threads']}), lightning {environ['lightning']}, python {environ['python']}; load average "
-          f"before: {loads(load_before)}\n{args.repeats} repeats x {len(ORDER)} runs x {args.epochs} epochs, "
-          f"interleaved: {', '.join(ORDER)}", flush=True)
+    print(
+        f"{environ['date']}, {environ['processor']}, {environ['cpus']} CPUs, torch {environ['torch']} (threads: "
+        f"{environ['threads']}), lightning {environ['lightning']}, python {environ['python']}; load average "
+        f"before: {loads(load_before)}\n{args.repeats} repeats x {len(ORDER)} runs x {args.epochs} epochs, "
+        f"interleaved: {', '.join(ORDER)}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="engine_overhead_") as scratch:
         runs: dict[str, list[dict]] = {name: [] for name in ORDER}  # per run name: one dict per repeat
         for repeat in range(args.repeats):
@@ -143,8 +151,10 @@ def main(argv: list[str] | None = None) -> None:
                 runs[name].append(run_once(name, out, args.epochs, env))
                 print(progress(runs[name][-1]), flush=True)
         print("accuracy per epoch (untimed runs that keep each epoch's weights) ...", flush=True)
-        test_accuracy = {trainer: accuracy_run(trainer, Path(scratch) / f"{trainer}_accuracy", args.epochs, env)
-                         for trainer in TRAINERS}
+        test_accuracy = {
+            trainer: accuracy_run(trainer, Path(scratch) / f"{trainer}_accuracy", args.epochs, env)
+            for trainer in TRAINERS
+        }
     load_after = os.getloadavg()
     summary = summarize(runs, test_accuracy, args.target)
     print()
@@ -163,18 +173,25 @@ def loads(load: tuple[float, ...]) -> str:
 def environment(args: argparse.Namespace) -> dict:
     import torch  # only for its version and thread count
 
-    return {"date": f"{datetime.now():%Y-%m-%d %H:%M}", "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-            "threads": args.threads or torch.get_num_threads(), "lightning": version("lightning"),
-            "python": platform.python_version()}
+    return {
+        "date": f"{datetime.now():%Y-%m-%d %H:%M}",
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "threads": args.threads or torch.get_num_threads(),
+        "lightning": version("lightning"),
+        "python": platform.python_version(),
+    }
 
 
 def progress(result: dict) -> str:
     """The line printed after each run."""
     line = f"wall {result['wall_s']:.2f} s, cpu {result['cpu_s']:.2f} s"
     if "epoch_times_s" in result:
-        line += (f"; median epoch {statistics.median(result['epoch_times_s']):.4f} s, "
-                 f"start-up {result['startup_s']:.2f} s")
+        line += (
+            f"; median epoch {statistics.median(result['epoch_times_s']):.4f} s, start-up {result['startup_s']:.2f} s"
+        )
     if "import_s" in result:
         line += f"; the import {result['import_s']:.2f} s"
     return line
@@ -194,8 +211,10 @@ def measured(name: str, command: list[str], log: Path, env: dict[str, str]) -> d
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
         tail = "\n".join(f"    {line}" for line in log.read_text().splitlines()[-15:])
-        sys.exit(f"failed\n{tail}\nerror: the {name} run failed with exit code {result.returncode} (its last lines "
-                 "are above)")
+        sys.exit(
+            f"failed\n{tail}\nerror: the {name} run failed with exit code {result.returncode} (its last lines "
+            "are above)"
+        )
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {"wall_s": wall, "cpu_s": cpu}
 
@@ -210,17 +229,32 @@ def run_once(name: str, out: Path, epochs: int, env: dict[str, str]) -> dict:
     if name in ("bare", "floor"):
         command = [sys.executable, __file__, "--epochs", str(epochs), "--worker", name, str(out / "metrics.json")]
     elif name in ENGINES:
-        command = [sys.executable, "train.py", f"engine={name}", *OVERRIDES, f"trainer.max_epochs={epochs}",
-                   f"hydra.run.dir={hydra_quoted(str(out))}"]
+        command = [
+            sys.executable,
+            "train.py",
+            f"engine={name}",
+            *OVERRIDES,
+            f"trainer.max_epochs={epochs}",
+            f"hydra.run.dir={hydra_quoted(str(out))}",
+        ]
     elif name in (*REFERENCES, TRAINING_FLOOR):  # python -c "import torch", which also prints the import alone
         code = TRAINING_FLOOR_CODE if name == TRAINING_FLOOR else f"import {REFERENCES[name]}"
-        command = [sys.executable, "-c", f"import time; t = time.perf_counter(); {code}; "
-                                         "print(time.perf_counter() - t)"]
+        command = [
+            sys.executable,
+            "-c",
+            f"import time; t = time.perf_counter(); {code}; print(time.perf_counter() - t)",
+        ]
         result = measured(name, command, log, env)
         return {**result, "import_s": float(log.read_text().split()[-1])}
     elif name in DEFAULT_RUNS:
-        command = [sys.executable, "train.py", name.removeprefix("train.py "), "data=digits",
-                   f"paths.log_dir={hydra_quoted(str(out))}", "trainer.enable_progress_bar=false"]
+        command = [
+            sys.executable,
+            "train.py",
+            name.removeprefix("train.py "),
+            "data=digits",
+            f"paths.log_dir={hydra_quoted(str(out))}",
+            "trainer.enable_progress_bar=false",
+        ]
         return measured(name, command, log, env)
     elif name in IMPORTTIME_RUNS:
         module = f"{{ cookiecutter.package }}.engines.{name.removeprefix('importtime ')}"
@@ -249,8 +283,12 @@ def import_times(importtime_output: str, module: str) -> dict[str, float]:
 def accuracy_run(trainer: str, out: Path, epochs: int, env: dict[str, str]) -> list[float]:
     """Test accuracy after each epoch, from an untimed run of `trainer` that keeps each epoch's weights."""
     out.mkdir(parents=True)
-    measured(f"{trainer} accuracy", [sys.executable, __file__, "--epochs", str(epochs), "--worker",
-                                     f"accuracy-{trainer}", str(out / "acc.json")], out.parent / f"{out.name}.log", env)
+    measured(
+        f"{trainer} accuracy",
+        [sys.executable, __file__, "--epochs", str(epochs), "--worker", f"accuracy-{trainer}", str(out / "acc.json")],
+        out.parent / f"{out.name}.log",
+        env,
+    )
     return json.loads((out / "acc.json").read_text())
 
 
@@ -258,8 +296,13 @@ def accuracy_run(trainer: str, out: Path, epochs: int, env: dict[str, str]) -> l
 
 
 def spread(values: list[float], unit: str = "") -> dict:
-    return {"per_repeat": list(values), "median": statistics.median(values), "min": min(values), "max": max(values),
-            "unit": unit}
+    return {
+        "per_repeat": list(values),
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "unit": unit,
+    }
 
 
 def summarize(runs: dict[str, list[dict]], test_accuracy: dict[str, list[float]], target: float) -> dict:
@@ -272,9 +315,14 @@ def summarize(runs: dict[str, list[dict]], test_accuracy: dict[str, list[float]]
     for kind in ("epoch", "fastest epoch"):
         for name in EPOCH_RATIOS:
             top, bottom = name.split(" / ")
-            figures[f"{kind} {name}"] = spread([a / b for a, b in zip(figures[f"{kind} {top}"]["per_repeat"],
-                                                                      figures[f"{kind} {bottom}"]["per_repeat"],
-                                                                      strict=True)])
+            figures[f"{kind} {name}"] = spread(
+                [
+                    a / b
+                    for a, b in zip(
+                        figures[f"{kind} {top}"]["per_repeat"], figures[f"{kind} {bottom}"]["per_repeat"], strict=True
+                    )
+                ]
+            )
     for reference, module in REFERENCES.items():
         figures[f"import {module} alone"] = spread([m["import_s"] for m in runs[reference]], "s")
     figures[f"{TRAINING_FLOOR} alone"] = spread([m["import_s"] for m in runs[TRAINING_FLOOR]], "s")
@@ -291,24 +339,38 @@ def summarize(runs: dict[str, list[dict]], test_accuracy: dict[str, list[float]]
     for name in EPOCH_RATIOS:
         # A cost per batch, whatever the model: the difference per epoch over the optimizer steps of an epoch.
         top, bottom = name.split(" / ")
-        extra = statistics.median(a - b for a, b in zip(figures[f"epoch {top}"]["per_repeat"],
-                                                        figures[f"epoch {bottom}"]["per_repeat"], strict=True))
+        extra = statistics.median(
+            a - b
+            for a, b in zip(
+                figures[f"epoch {top}"]["per_repeat"], figures[f"epoch {bottom}"]["per_repeat"], strict=True
+            )
+        )
         steps = runs[top][0]["global_step"] / runs[top][0]["epochs"]
-        differences[f"{top} - {bottom}"] = {"ms_per_epoch": 1000 * extra, "steps_per_epoch": steps,
-                                            "ms_per_step": 1000 * extra / steps}
+        differences[f"{top} - {bottom}"] = {
+            "ms_per_epoch": 1000 * extra,
+            "steps_per_epoch": steps,
+            "ms_per_step": 1000 * extra / steps,
+        }
 
     targets = {}
     for what, figure, limit in TARGETS:
         value = figures[figure]
-        targets[what] = {"figure": figure, "limit": limit, "unit": value["unit"],
-                         **{k: value[k] for k in ("per_repeat", "median", "min", "max")},
-                         "met": value["median"] <= limit}
+        targets[what] = {
+            "figure": figure,
+            "limit": limit,
+            "unit": value["unit"],
+            **{k: value[k] for k in ("per_repeat", "median", "min", "max")},
+            "met": value["median"] <= limit,
+        }
 
     imports = {}
     for engine, name in zip(ENGINES, IMPORTTIME_RUNS, strict=True):
         samples = [m["imports"] for m in runs[name]]
-        imports[engine] = {module: statistics.median(s[module] for s in samples if module in s)
-                           for module in ("whole import", *IMPORTS) if any(module in s for s in samples)}
+        imports[engine] = {
+            module: statistics.median(s[module] for s in samples if module in s)
+            for module in ("whole import", *IMPORTS)
+            if any(module in s for s in samples)
+        }
 
     time_to_accuracy = {}
     for trainer in TRAINERS:
@@ -317,24 +379,46 @@ def summarize(runs: dict[str, list[dict]], test_accuracy: dict[str, list[float]]
         entry = {"epoch": reached, "best_test_acc": max(accuracies), "epochs": len(accuracies)}
         if reached is not None:
             seconds = statistics.median(sum(m["epoch_times_s"][:reached]) for m in runs[trainer])
-            entry.update(test_acc=accuracies[reached - 1], training_s=seconds,
-                         with_startup_s=seconds + figures[f"start-up {trainer}"]["median"])
+            entry.update(
+                test_acc=accuracies[reached - 1],
+                training_s=seconds,
+                with_startup_s=seconds + figures[f"start-up {trainer}"]["median"],
+            )
         time_to_accuracy[trainer] = entry
-    return {"figures": figures, "differences": differences, "targets": targets, "imports": imports,
-            "target_accuracy": target, "time_to_accuracy": time_to_accuracy, "test_accuracy": test_accuracy,
-            "same_training": all(test_accuracy[t] == test_accuracy["bare"] for t in TRAINERS)}
+    return {
+        "figures": figures,
+        "differences": differences,
+        "targets": targets,
+        "imports": imports,
+        "target_accuracy": target,
+        "time_to_accuracy": time_to_accuracy,
+        "test_accuracy": test_accuracy,
+        "same_training": all(test_accuracy[t] == test_accuracy["bare"] for t in TRAINERS),
+    }
 
 
-def json_document(summary: dict, runs: dict[str, list[dict]], environ: dict, arguments: dict,
-                  load_before: tuple[float, ...], load_after: tuple[float, ...]) -> dict:
+def json_document(
+    summary: dict,
+    runs: dict[str, list[dict]],
+    environ: dict,
+    arguments: dict,
+    load_before: tuple[float, ...],
+    load_after: tuple[float, ...],
+) -> dict:
     """What --json writes: the keys listed in the module docstring."""
-    return {"environment": environ,
-            "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in arguments.items() if k != "worker"},
-            "order": list(ORDER), "load_average": {"before": list(load_before), "after": list(load_after)},
-            "runs": runs, "figures": summary["figures"], "targets": summary["targets"],
-            "differences": summary["differences"], "imports": summary["imports"],
-            "time_to_accuracy": {"target": summary["target_accuracy"], "per_trainer": summary["time_to_accuracy"]},
-            "test_accuracy": {"same_training": summary["same_training"], "per_epoch": summary["test_accuracy"]}}
+    return {
+        "environment": environ,
+        "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in arguments.items() if k != "worker"},
+        "order": list(ORDER),
+        "load_average": {"before": list(load_before), "after": list(load_after)},
+        "runs": runs,
+        "figures": summary["figures"],
+        "targets": summary["targets"],
+        "differences": summary["differences"],
+        "imports": summary["imports"],
+        "time_to_accuracy": {"target": summary["target_accuracy"], "per_trainer": summary["time_to_accuracy"]},
+        "test_accuracy": {"same_training": summary["same_training"], "per_epoch": summary["test_accuracy"]},
+    }
 
 
 def figure(value: dict, digits: int = 4, unit: str | None = None) -> str:
@@ -358,26 +442,38 @@ def report(summary: dict) -> str:
     for name in EPOCH_RATIOS:
         value = figures[f"epoch {name}"]
         lines.append(f"  {name:<17} {figure(value, 3)}   (per repeat: {per_repeat(value, 3)})")
-    lines.append("  from the fastest epoch of each run (the least disturbed): "
-                 + ", ".join(f"{name} {figures[f'fastest epoch {name}']['median']:.3f}" for name in EPOCH_RATIOS))
+    lines.append(
+        "  from the fastest epoch of each run (the least disturbed): "
+        + ", ".join(f"{name} {figures[f'fastest epoch {name}']['median']:.3f}" for name in EPOCH_RATIOS)
+    )
     for name, difference in summary["differences"].items():
-        lines.append(f"  {name}: {difference['ms_per_epoch']:+.1f} ms per epoch, {difference['ms_per_step']:+.2f} ms "
-                     f"per optimizer step ({difference['steps_per_epoch']:.0f} per epoch; validation included)")
+        lines.append(
+            f"  {name}: {difference['ms_per_epoch']:+.1f} ms per epoch, {difference['ms_per_step']:+.2f} ms "
+            f"per optimizer step ({difference['steps_per_epoch']:.0f} per epoch; validation included)"
+        )
 
     lines.append("start-up, process start to the first training step (median [min-max]):")
     lines.append("  " + "   ".join(f"{t} {figure(figures[f'start-up {t}'], 2)}" for t in TRAINERS))
     for engine, reference in zip(ENGINES, REFERENCES, strict=True):
         module = REFERENCES[reference]
-        lines.append(f"  python -c 'import {module}': wall {figure(figures[f'wall {reference}'], 2)}, cpu "
-                     f"{figure(figures[f'cpu {reference}'], 2)}, the import alone "
-                     f"{figure(figures[f'import {module} alone'], 2)}")
-        lines.append(f"    {engine} start-up / that wall {figure(figures[f'start-up {engine} / {reference}'], 3)}, "
-                     f"/ the import alone {figure(figures[f'start-up {engine} / {reference} alone'], 3)}")
-    lines.append(f"  python -c '{TRAINING_FLOOR_CODE}' (the floor of any training process): wall "
-                 f"{figure(figures[f'wall {TRAINING_FLOOR}'], 2)}, its code alone "
-                 f"{figure(figures[f'{TRAINING_FLOOR} alone'], 2)}")
-    lines.append(f"    raw start-up / that wall {figure(figures[f'start-up raw / {TRAINING_FLOOR}'], 3)}, / its code "
-                 f"alone {figure(figures[f'start-up raw / {TRAINING_FLOOR} alone'], 3)}")
+        lines.append(
+            f"  python -c 'import {module}': wall {figure(figures[f'wall {reference}'], 2)}, cpu "
+            f"{figure(figures[f'cpu {reference}'], 2)}, the import alone "
+            f"{figure(figures[f'import {module} alone'], 2)}"
+        )
+        lines.append(
+            f"    {engine} start-up / that wall {figure(figures[f'start-up {engine} / {reference}'], 3)}, "
+            f"/ the import alone {figure(figures[f'start-up {engine} / {reference} alone'], 3)}"
+        )
+    lines.append(
+        f"  python -c '{TRAINING_FLOOR_CODE}' (the floor of any training process): wall "
+        f"{figure(figures[f'wall {TRAINING_FLOOR}'], 2)}, its code alone "
+        f"{figure(figures[f'{TRAINING_FLOOR} alone'], 2)}"
+    )
+    lines.append(
+        f"    raw start-up / that wall {figure(figures[f'start-up raw / {TRAINING_FLOOR}'], 3)}, / its code "
+        f"alone {figure(figures[f'start-up raw / {TRAINING_FLOOR} alone'], 3)}"
+    )
     lines.append("imports, python -X importtime (a module's time includes the modules it imports first; median):")
     for engine, times in summary["imports"].items():
         parts = ", ".join(f"{name} {times[name]:.2f} s" for name in IMPORTS if name in times)
@@ -385,22 +481,32 @@ def report(summary: dict) -> str:
 
     lines.append("whole process, spawn to exit (median [min-max]):")
     for name in ORDER:
-        lines.append(f"  {name:<25} wall {figure(figures[f'wall {name}'], 2)}   "
-                     f"cpu (user+sys) {figure(figures[f'cpu {name}'], 2)}")
+        lines.append(
+            f"  {name:<25} wall {figure(figures[f'wall {name}'], 2)}   "
+            f"cpu (user+sys) {figure(figures[f'cpu {name}'], 2)}"
+        )
 
     target = summary["target_accuracy"]
-    lines.append(f"time to test/acc >= {target} (training time to the end of the first epoch that reaches it; "
-                 "start-up excluded; median):")
+    lines.append(
+        f"time to test/acc >= {target} (training time to the end of the first epoch that reaches it; "
+        "start-up excluded; median):"
+    )
     for trainer, entry in summary["time_to_accuracy"].items():
         if entry["epoch"] is None:
             lines.append(f"  {trainer:<9} not reached in {entry['epochs']} epochs (best {entry['best_test_acc']:.4f})")
             continue
-        lines.append(f"  {trainer:<9} {entry['training_s']:.2f} s  (after epoch {entry['epoch']}, test/acc "
-                     f"{entry['test_acc']:.4f}; with start-up {entry['with_startup_s']:.2f} s)")
-    lines.append("  test/acc per epoch is " + ("identical in all four trainers: the same training"
-                                               if summary["same_training"] else
-                                               "NOT identical in the four trainers: "
-                                               + json.dumps(summary["test_accuracy"])))
+        lines.append(
+            f"  {trainer:<9} {entry['training_s']:.2f} s  (after epoch {entry['epoch']}, test/acc "
+            f"{entry['test_acc']:.4f}; with start-up {entry['with_startup_s']:.2f} s)"
+        )
+    lines.append(
+        "  test/acc per epoch is "
+        + (
+            "identical in all four trainers: the same training"
+            if summary["same_training"]
+            else "NOT identical in the four trainers: " + json.dumps(summary["test_accuracy"])
+        )
+    )
 
     lines.append("targets (median [min-max] over the repeats; met: the median is within the target):")
     for what, entry in summary["targets"].items():
@@ -445,10 +551,17 @@ def clone(state_dict: dict) -> dict:
 
 def check_default_trainer(cfg, loop: str) -> None:
     trainer = cfg.trainer
-    if (trainer.accumulate_grad_batches != 1 or trainer.gradient_clip_val or str(trainer.precision) != "32-true"
-            or trainer.limit_train_batches is not None or trainer.max_steps != -1):
-        sys.exit(f"error: the {loop} implements the default trainer config only (no accumulation, clipping, "
-                 "mixed precision, batch limits or max_steps)")
+    if (
+        trainer.accumulate_grad_batches != 1
+        or trainer.gradient_clip_val
+        or str(trainer.precision) != "32-true"
+        or trainer.limit_train_batches is not None
+        or trainer.max_steps != -1
+    ):
+        sys.exit(
+            f"error: the {loop} implements the default trainer config only (no accumulation, clipping, "
+            "mixed precision, batch limits or max_steps)"
+        )
 
 
 def bare_loop(cfg, on_epoch_end=None) -> dict:
@@ -501,9 +614,15 @@ def bare_loop(cfg, on_epoch_end=None) -> dict:
         epoch_times.append(time.perf_counter() - epoch_started)
         if on_epoch_end is not None:
             on_epoch_end(model)
-    return {"epoch_times_s": epoch_times, "startup_s": train_started_at - STARTED, "train/loss": loss.item(),
-            "val/loss": val_loss, "val/acc": val_acc, "epochs": trainer.max_epochs,
-            "global_step": trainer.max_epochs * len(train_loader)}
+    return {
+        "epoch_times_s": epoch_times,
+        "startup_s": train_started_at - STARTED,
+        "train/loss": loss.item(),
+        "val/loss": val_loss,
+        "val/acc": val_acc,
+        "epochs": trainer.max_epochs,
+        "global_step": trainer.max_epochs * len(train_loader),
+    }
 
 
 def floor_loop(cfg, on_epoch_end=None) -> dict:
@@ -539,8 +658,10 @@ def floor_loop(cfg, on_epoch_end=None) -> dict:
 
         def configure_optimizers(self):
             optimizer, schedule = task.configure_optimizers(cfg, self.model, self.trainer.estimated_stepping_batches)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule.scheduler,
-                                                             "interval": schedule.interval}}
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": schedule.scheduler, "interval": schedule.interval},
+            }
 
     class Timer(L.Callback):  # as engines/lightning.py's EpochTimer; and the last loss, for the test
         def __init__(self) -> None:
@@ -563,14 +684,28 @@ def floor_loop(cfg, on_epoch_end=None) -> dict:
     if cfg.scheduler.get("interval") != "step":
         sys.exit("error: the floor steps step-interval schedulers only (the default, onecycle)")
     timer, data = Timer(), DataModule(cfg.data, seed=cfg.seed)
-    trainer = L.Trainer(accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
-                        precision=cfg.trainer.precision, max_epochs=cfg.trainer.max_epochs,
-                        deterministic=cfg.trainer.deterministic, use_distributed_sampler=False, callbacks=[timer],
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        precision=cfg.trainer.precision,
+        max_epochs=cfg.trainer.max_epochs,
+        deterministic=cfg.trainer.deterministic,
+        use_distributed_sampler=False,
+        callbacks=[timer],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(Floor(), datamodule=data)
-    return {"epoch_times_s": timer.times, "startup_s": timer.train_started_at - STARTED,
-            "train/loss": timer.loss.item(), **{k: v.item() for k, v in trainer.callback_metrics.items()},
-            "epochs": trainer.current_epoch, "global_step": trainer.global_step}
+    return {
+        "epoch_times_s": timer.times,
+        "startup_s": timer.train_started_at - STARTED,
+        "train/loss": timer.loss.item(),
+        **{k: v.item() for k, v in trainer.callback_metrics.items()},
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+    }
 
 
 def engine_weights_per_epoch(cfg, engine: str, run_dir: Path) -> list[dict]:

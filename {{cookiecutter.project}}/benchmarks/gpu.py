@@ -40,11 +40,20 @@ def commands(args: argparse.Namespace, log_dir: Path) -> dict[str, list[str]]:
     runs = {}
     for engine, compile_ in RUNS:
         name = f"{engine}-compile-{compile_}"
-        runs[name] = [sys.executable, "train.py", "experiment=cifar10", f"engine={engine}", f"model.compile={compile_}",
-                      "trainer.precision=bf16-mixed", f"data.root={args.data_dir}",
-                      f"data.download={str(args.download).lower()}", f"paths.log_dir={log_dir / name}",
-                      "trainer.enable_progress_bar=false",
-                      *([f"trainer.max_epochs={args.epochs}"] if args.epochs else []), *args.overrides]
+        runs[name] = [
+            sys.executable,
+            "train.py",
+            "experiment=cifar10",
+            f"engine={engine}",
+            f"model.compile={compile_}",
+            "trainer.precision=bf16-mixed",
+            f"data.root={args.data_dir}",
+            f"data.download={str(args.download).lower()}",
+            f"paths.log_dir={log_dir / name}",
+            "trainer.enable_progress_bar=false",
+            *([f"trainer.max_epochs={args.epochs}"] if args.epochs else []),
+            *args.overrides,
+        ]
     return runs
 
 
@@ -53,21 +62,32 @@ def refusal(args: argparse.Namespace) -> str | None:
     import torch
 
     if not torch.cuda.is_available():
-        return ("error: no CUDA device here (torch.cuda.is_available() is False): benchmarks/gpu.py times the GPU "
-                "recipe; run it on a machine with an NVIDIA GPU and a CUDA build of torch, or use --dry-run")
+        return (
+            "error: no CUDA device here (torch.cuda.is_available() is False): benchmarks/gpu.py times the GPU "
+            "recipe; run it on a machine with an NVIDIA GPU and a CUDA build of torch, or use --dry-run"
+        )
     missing = [name for name in CIFAR_FILES if not (args.data_dir / "cifar-10-batches-py" / name).is_file()]
     if missing and not args.download:
-        return (f"error: no CIFAR-10 files in {args.data_dir / 'cifar-10-batches-py'} ({missing[0]} missing): "
-                "download them once on a machine with internet and put the folder there, or pass --download")
+        return (
+            f"error: no CIFAR-10 files in {args.data_dir / 'cifar-10-batches-py'} ({missing[0]} missing): "
+            "download them once on a machine with internet and put the folder there, or pass --download"
+        )
     return None
 
 
 def figures(metrics: dict, wall_s: float, target: float) -> dict:
     times = metrics["epoch_times_s"]
     reached = metrics["test/acc"] >= target
-    return {"epoch_s": statistics.median(times), "first_epoch_s": times[0], "epochs": len(times),
-            "training_s": sum(times), "time_to_target_s": sum(times) if reached else None,
-            "test/acc": metrics["test/acc"], "startup_s": metrics.get("startup_s"), "wall_s": wall_s}
+    return {
+        "epoch_s": statistics.median(times),
+        "first_epoch_s": times[0],
+        "epochs": len(times),
+        "training_s": sum(times),
+        "time_to_target_s": sum(times) if reached else None,
+        "test/acc": metrics["test/acc"],
+        "startup_s": metrics.get("startup_s"),
+        "wall_s": wall_s,
+    }
 
 
 def main() -> None:
@@ -103,22 +123,40 @@ def main() -> None:
         wall_s = time.perf_counter() - started
         written = sorted((log_dir / name).rglob("metrics.json"))
         if finished.returncode != 0 or not written:
-            sys.exit(f"error: {name} failed (exit {finished.returncode}); its output is above, its run in "
-                     f"{log_dir / name}")
+            sys.exit(
+                f"error: {name} failed (exit {finished.returncode}); its output is above, its run in {log_dir / name}"
+            )
         results[name] = figures(json.loads(written[-1].read_text()), wall_s, args.target)
 
-    print(f"\nexperiment=cifar10, bf16-mixed, {torch.cuda.get_device_name(0)}: time per epoch (median; first epoch) "
-          f"and time to test/acc {args.target}")
-    print(f"{'run':26s} {'s/epoch':>8s} {'first':>8s} {'to ' + str(args.target):>10s} {'test/acc':>9s} "
-          f"{'start-up':>9s} {'wall':>8s}")
+    print(
+        f"\nexperiment=cifar10, bf16-mixed, {torch.cuda.get_device_name(0)}: time per epoch (median; first epoch) "
+        f"and time to test/acc {args.target}"
+    )
+    print(
+        f"{'run':26s} {'s/epoch':>8s} {'first':>8s} {'to ' + str(args.target):>10s} {'test/acc':>9s} "
+        f"{'start-up':>9s} {'wall':>8s}"
+    )
     for name, row in results.items():
         to_target = f"{row['time_to_target_s']:.1f} s" if row["time_to_target_s"] is not None else "not reached"
-        print(f"{name:26s} {row['epoch_s']:8.2f} {row['first_epoch_s']:8.2f} {to_target:>10s} "
-              f"{row['test/acc']:9.4f} {row['startup_s'] or float('nan'):9.1f} {row['wall_s']:8.1f}")
+        print(
+            f"{name:26s} {row['epoch_s']:8.2f} {row['first_epoch_s']:8.2f} {to_target:>10s} "
+            f"{row['test/acc']:9.4f} {row['startup_s'] or float('nan'):9.1f} {row['wall_s']:8.1f}"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
-                                         "target": args.target, "commands": runs, "results": results}, indent=2,
-                                        default=str) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "device": torch.cuda.get_device_name(0),
+                    "torch": torch.__version__,
+                    "target": args.target,
+                    "commands": runs,
+                    "results": results,
+                },
+                indent=2,
+                default=str,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -19,8 +19,12 @@ CONFIG_DIR = PROJECT_ROOT / "configs"
 
 # A few batches, two epochs: enough for every code path of an engine, in seconds.
 SHORT_RUN = [
-    "trainer.max_epochs=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
-    "trainer.limit_test_batches=2", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_progress_bar=false",
 ]
 
 
@@ -30,8 +34,9 @@ def compose_train(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
         return compose(config_name="train", overrides=list(overrides))
 
 
-def run_train(log_dir: Path, *overrides: str, python_flags: tuple[str, ...] = (),
-              timeout: float = 300) -> subprocess.CompletedProcess:
+def run_train(
+    log_dir: Path, *overrides: str, python_flags: tuple[str, ...] = (), timeout: float = 300
+) -> subprocess.CompletedProcess:
     """`python train.py overrides...` as a user runs it, with outputs under `log_dir`. Options such as `-m`
     go before the overrides. `timeout` only bounds a run that hangs: one still running then is stopped (SIGTERM,
     which a DDP launcher passes on to its workers, then SIGKILL) and fails the test with its whole output and
@@ -39,8 +44,7 @@ def run_train(log_dir: Path, *overrides: str, python_flags: tuple[str, ...] = ()
     options = [arg for arg in overrides if arg.startswith("-")]
     overrides = tuple(arg for arg in overrides if not arg.startswith("-"))
     command = [sys.executable, *python_flags, "train.py", *options, f"paths.log_dir={log_dir}", *overrides]
-    with subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True) as run:
+    with subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as run:
         try:
             stdout, stderr = run.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -50,10 +54,14 @@ def run_train(log_dir: Path, *overrides: str, python_flags: tuple[str, ...] = ()
             except subprocess.TimeoutExpired:
                 run.kill()
                 stdout, stderr = run.communicate()
-            logs = "".join(f"\n--- {log} ---\n{log.read_text(errors='replace')}"
-                           for log in sorted(log_dir.rglob("rank*.log")))
-            pytest.fail(f"{subprocess.list2cmdline(command)}: still running after {timeout} s, stopped\n"
-                        f"--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}{logs}", pytrace=False)
+            logs = "".join(
+                f"\n--- {log} ---\n{log.read_text(errors='replace')}" for log in sorted(log_dir.rglob("rank*.log"))
+            )
+            pytest.fail(
+                f"{subprocess.list2cmdline(command)}: still running after {timeout} s, stopped\n"
+                f"--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}{logs}",
+                pytrace=False,
+            )
     return subprocess.CompletedProcess(command, run.returncode, stdout, stderr)
 
 
@@ -91,8 +99,9 @@ def short_runs(tmp_path_factory) -> tuple[Path, dict[str, subprocess.CompletedPr
 
     def run(engine: str) -> subprocess.CompletedProcess:
         flags = ("-X", "importtime") if engine == "raw" else ()
-        return run_train(log_dir, f"engine={engine}", *SHORT_RUN, "logger.tensorboard.histogram_every_n_epochs=1",
-                         python_flags=flags)
+        return run_train(
+            log_dir, f"engine={engine}", *SHORT_RUN, "logger.tensorboard.histogram_every_n_epochs=1", python_flags=flags
+        )
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = dict(zip(("raw", "lightning"), pool.map(run, ("raw", "lightning")), strict=True))
@@ -113,8 +122,11 @@ def exports(short_runs, tmp_path_factory) -> dict[str, tuple[Path, subprocess.Co
     import importlib.util
 
     log_dir, results = short_runs
-    fmt = "all" if all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript", "onnxruntime")) else \
-        "torch_export"
+    fmt = (
+        "all"
+        if all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript", "onnxruntime"))
+        else "torch_export"
+    )
 
     def export(engine: str) -> tuple[Path, subprocess.CompletedProcess]:
         assert results[engine].returncode == 0, f"{engine}:\n{results[engine].stderr[-3000:]}"
@@ -157,7 +169,17 @@ def digit_inputs(short_runs, tmp_path_factory) -> dict:
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "rgb.png")
     Image.fromarray(np.zeros((9, 9), np.uint8)).save(folder / "big.png")
     np.save(folder / "shape.npy", np.zeros((3, 5), np.float32))
-    bad = {"notes.txt": "is not an image file", "rgb.png": "has 3 channels (mode RGB): the model takes 1",
-           "big.png": "is 9x9 pixels: the model takes 8x8", "shape.npy": "has shape (3, 5)"}
-    return {"folder": folder, "pngs": pngs, "stack": folder / "stack.npy", "pixels": pixels,
-            "tensors": torch.stack([pipeline.test_set[index][0] for index in range(8)]), "bad": bad}
+    bad = {
+        "notes.txt": "is not an image file",
+        "rgb.png": "has 3 channels (mode RGB): the model takes 1",
+        "big.png": "is 9x9 pixels: the model takes 8x8",
+        "shape.npy": "has shape (3, 5)",
+    }
+    return {
+        "folder": folder,
+        "pngs": pngs,
+        "stack": folder / "stack.npy",
+        "pixels": pixels,
+        "tensors": torch.stack([pipeline.test_set[index][0] for index in range(8)]),
+        "bad": bad,
+    }

@@ -74,9 +74,16 @@ def test_the_lightning_floor_is_the_same_training_as_the_raw_engine(benchmark, r
 
 def synthetic_runs(benchmark) -> dict[str, list[dict]]:
     """Two repeats of every run, the second on a machine twice as slow; the ratios below are chosen per repeat."""
+
     def trainer(scale: float, factor: float, startup: float) -> dict:  # epochs: fastest 0.9, median 1.0, one slow
-        return {"epoch_times_s": [scale * factor * t for t in (0.9, 1.0, 3.0)], "startup_s": startup, "epochs": 3,
-                "global_step": 30, "wall_s": 10.0 * scale, "cpu_s": 9.0 * scale}
+        return {
+            "epoch_times_s": [scale * factor * t for t in (0.9, 1.0, 3.0)],
+            "startup_s": startup,
+            "epochs": 3,
+            "global_step": 30,
+            "wall_s": 10.0 * scale,
+            "cpu_s": 9.0 * scale,
+        }
 
     runs = {name: [] for name in benchmark.ORDER}
     for scale, raw_factor, raw_startup, lightning_import_wall in ((1.0, 1.10, 2.4, 5.0), (2.0, 1.20, 3.0, 4.9)):
@@ -90,14 +97,16 @@ def synthetic_runs(benchmark) -> dict[str, list[dict]]:
         runs["train.py engine=raw"].append({"wall_s": {1.0: 3.5, 2.0: 4.5}[scale], "cpu_s": 3.0})
         runs["train.py engine=lightning"].append({"wall_s": 6.0 + scale, "cpu_s": 6.0})
         for engine in benchmark.ENGINES:
-            runs[f"importtime {engine}"].append({"wall_s": 7.0, "cpu_s": 7.0,
-                                                 "imports": {"whole import": 4.0 + 2 * scale, "torch": 2.0 * scale}})
+            runs[f"importtime {engine}"].append(
+                {"wall_s": 7.0, "cpu_s": 7.0, "imports": {"whole import": 4.0 + 2 * scale, "torch": 2.0 * scale}}
+            )
     return runs
 
 
 def test_the_report_takes_ratios_within_each_repeat_and_gives_medians_spreads_and_targets(benchmark):
-    summary = benchmark.summarize(synthetic_runs(benchmark), {t: [0.5, 0.97, 0.99] for t in benchmark.TRAINERS},
-                                  target=0.97)
+    summary = benchmark.summarize(
+        synthetic_runs(benchmark), {t: [0.5, 0.97, 0.99] for t in benchmark.TRAINERS}, target=0.97
+    )
     figures, targets = summary["figures"], summary["targets"]
     assert figures["epoch bare"] == {"per_repeat": [1.0, 2.0], "median": 1.5, "min": 1.0, "max": 2.0, "unit": "s"}
     assert figures["epoch raw / bare"]["per_repeat"] == pytest.approx([1.10, 1.20])  # within each repeat
@@ -119,11 +128,13 @@ def test_the_report_takes_ratios_within_each_repeat_and_gives_medians_spreads_an
         assert (targets[what]["median"], targets[what]["met"]) == (pytest.approx(median), met), what
     # raw - bare: 0.1 s and 0.4 s per epoch in the two repeats, median 0.25 s, over 10 steps per epoch.
     assert summary["differences"]["raw - bare"] == pytest.approx(
-        {"ms_per_epoch": 250.0, "steps_per_epoch": 10.0, "ms_per_step": 25.0})
+        {"ms_per_epoch": 250.0, "steps_per_epoch": 10.0, "ms_per_step": 25.0}
+    )
     assert summary["imports"]["raw"] == {"whole import": 7.0, "torch": 3.0}
     # Two epochs: 1.9 s and 3.8 s in the two repeats, median 2.85 s; plus the median start-up, 2 s.
     assert summary["time_to_accuracy"]["bare"] == pytest.approx(
-        {"epoch": 2, "best_test_acc": 0.99, "epochs": 3, "test_acc": 0.97, "training_s": 2.85, "with_startup_s": 4.85})
+        {"epoch": 2, "best_test_acc": 0.99, "epochs": 3, "test_acc": 0.97, "training_s": 2.85, "with_startup_s": 4.85}
+    )
     assert summary["same_training"]
 
     text = benchmark.report(summary)
@@ -137,35 +148,81 @@ def test_the_report_takes_ratios_within_each_repeat_and_gives_medians_spreads_an
     assert re.search(r"\n  raw / bare per epoch <= 1.03 +1.150 \[1.100-1.200\]   NOT met\n", text)
     assert re.search(r"\n  python train.py engine=raw <= 4 s +4.000 s \[3.500-4.500\]   met\n", text)
 
-    different = benchmark.summarize(synthetic_runs(benchmark), {**{t: [0.5, 0.97, 0.99] for t in benchmark.TRAINERS},
-                                                                "floor": [0.5, 0.96, 0.99]}, target=0.97)
+    different = benchmark.summarize(
+        synthetic_runs(benchmark),
+        {**{t: [0.5, 0.97, 0.99] for t in benchmark.TRAINERS}, "floor": [0.5, 0.96, 0.99]},
+        target=0.97,
+    )
     assert not different["same_training"] and "NOT identical in the four trainers" in benchmark.report(different)
 
 
 # The keys --json writes, as the module docstring lists them.
-JSON_KEYS = {"environment", "arguments", "order", "load_average", "runs", "figures", "targets", "differences",
-             "imports", "time_to_accuracy", "test_accuracy"}
+JSON_KEYS = {
+    "environment",
+    "arguments",
+    "order",
+    "load_average",
+    "runs",
+    "figures",
+    "targets",
+    "differences",
+    "imports",
+    "time_to_accuracy",
+    "test_accuracy",
+}
 
 
 def test_the_json_document_has_the_documented_keys(benchmark):
     runs = synthetic_runs(benchmark)
     summary = benchmark.summarize(runs, {t: [0.5, 0.97, 0.99] for t in benchmark.TRAINERS}, target=0.97)
-    document = json.loads(json.dumps(benchmark.json_document(
-        summary, runs, {"torch": "2"}, {"repeats": 2, "json": SCRIPT, "worker": None}, (1.0, 2.0, 3.0),
-        (4.0, 5.0, 6.0))))
+    document = json.loads(
+        json.dumps(
+            benchmark.json_document(
+                summary,
+                runs,
+                {"torch": "2"},
+                {"repeats": 2, "json": SCRIPT, "worker": None},
+                (1.0, 2.0, 3.0),
+                (4.0, 5.0, 6.0),
+            )
+        )
+    )
     assert set(document) == JSON_KEYS
     docstring = " ".join(benchmark.__doc__.split())
-    for key in (*JSON_KEYS, "per_repeat", "median", "min", "max", "unit", "limit", "met", "ms_per_step",
-                "per_trainer", "per_epoch", "same_training", "wall_s", "cpu_s"):
+    for key in (
+        *JSON_KEYS,
+        "per_repeat",
+        "median",
+        "min",
+        "max",
+        "unit",
+        "limit",
+        "met",
+        "ms_per_step",
+        "per_trainer",
+        "per_epoch",
+        "same_training",
+        "wall_s",
+        "cpu_s",
+    ):
         assert key in docstring, key
     assert document["load_average"] == {"before": [1.0, 2.0, 3.0], "after": [4.0, 5.0, 6.0]}
     assert document["arguments"] == {"repeats": 2, "json": str(SCRIPT)}
     assert document["order"] == list(benchmark.ORDER) and document["runs"]["raw"][1]["wall_s"] == 20.0
     assert set(document["figures"]["epoch raw / bare"]) == {"per_repeat", "median", "min", "max", "unit"}
-    assert set(document["targets"]["raw / bare per epoch <= 1.03"]) == {"figure", "limit", "unit", "per_repeat",
-                                                                         "median", "min", "max", "met"}
-    assert document["time_to_accuracy"]["target"] == 0.97 and set(document["time_to_accuracy"]["per_trainer"]) == \
-        set(benchmark.TRAINERS)
+    assert set(document["targets"]["raw / bare per epoch <= 1.03"]) == {
+        "figure",
+        "limit",
+        "unit",
+        "per_repeat",
+        "median",
+        "min",
+        "max",
+        "met",
+    }
+    assert document["time_to_accuracy"]["target"] == 0.97 and set(document["time_to_accuracy"]["per_trainer"]) == set(
+        benchmark.TRAINERS
+    )
     assert document["test_accuracy"]["same_training"] is True
 
 
@@ -197,35 +254,52 @@ def test_the_runs_are_the_documented_commands(benchmark, monkeypatch, tmp_path):
     monkeypatch.setattr(benchmark, "measured", fake_measured)
     results = {name: benchmark.run_once(name, tmp_path / f"run{i}", 3, {}) for i, name in enumerate(benchmark.ORDER)}
     python = sys.executable
-    assert commands["floor"] == [python, str(SCRIPT), "--epochs", "3", "--worker", "floor",
-                                 str(tmp_path / "run1" / "metrics.json")]
+    assert commands["floor"] == [
+        python,
+        str(SCRIPT),
+        "--epochs",
+        "3",
+        "--worker",
+        "floor",
+        str(tmp_path / "run1" / "metrics.json"),
+    ]
     assert commands["raw"][:6] == [python, "train.py", "engine=raw", *benchmark.OVERRIDES]
     assert commands["import torch"][:2] == [python, "-c"] and "; import torch; " in commands["import torch"][2]
     assert "; import torch; torch.optim.SGD(" in commands["import torch + an optimizer"][2]
     assert results["import lightning"] == {"wall_s": 1.0, "cpu_s": 0.5, "import_s": 1.25}
     # The default command, with only the scratch log folder, no progress bar, and the bundled data (the default).
-    assert commands["train.py engine=lightning"] == [python, "train.py", "engine=lightning", "data=digits",
-                                                     f"paths.log_dir={hydra_quoted(str(tmp_path / 'run8'))}",
-                                                     "trainer.enable_progress_bar=false"]
+    assert commands["train.py engine=lightning"] == [
+        python,
+        "train.py",
+        "engine=lightning",
+        "data=digits",
+        f"paths.log_dir={hydra_quoted(str(tmp_path / 'run8'))}",
+        "trainer.enable_progress_bar=false",
+    ]
     assert results["importtime raw"]["imports"] == {"torch": 2.0}
 
 
 def test_measured_reports_the_wall_and_cpu_time_of_the_child(benchmark, tmp_path):
     env = dict(os.environ)
-    busy = benchmark.measured("busy", [sys.executable, "-c", "import time\nt = time.process_time()\n"
-                                       "while time.process_time() - t < 0.3: pass"], tmp_path / "busy.log", env)
-    idle = benchmark.measured("idle", [sys.executable, "-c", "import time; time.sleep(0.3)"], tmp_path / "idle.log",
-                              env)
+    busy = benchmark.measured(
+        "busy",
+        [sys.executable, "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"],
+        tmp_path / "busy.log",
+        env,
+    )
+    idle = benchmark.measured(
+        "idle", [sys.executable, "-c", "import time; time.sleep(0.3)"], tmp_path / "idle.log", env
+    )
     assert busy["cpu_s"] >= 0.3 and busy["wall_s"] >= busy["cpu_s"] - 0.05
     assert idle["wall_s"] >= 0.3 and idle["cpu_s"] < 0.25
     with pytest.raises(SystemExit, match="the broken run failed with exit code 3"):
-        benchmark.measured("broken", [sys.executable, "-c", "print('last words'); raise SystemExit(3)"],
-                           tmp_path / "broken.log", env)
+        benchmark.measured(
+            "broken", [sys.executable, "-c", "print('last words'); raise SystemExit(3)"], tmp_path / "broken.log", env
+        )
 
 
 def test_help_and_bad_arguments():
     result = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "--repeats" in result.stdout and "--json" in result.stdout
-    result = subprocess.run([sys.executable, str(SCRIPT), "--repeats", "0"], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run([sys.executable, str(SCRIPT), "--repeats", "0"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--repeats and --epochs must be at least 1" in result.stderr

@@ -16,18 +16,27 @@ from {{ cookiecutter.package }}.errors import UserError
 
 # The rows of comparison.md for runs on the CPU (a run on a GPU adds its peak CUDA memory).
 ROWS = {
-    "final train/loss (last step)", "val/acc (last epoch)", "test/acc (best checkpoint)",
+    "final train/loss (last step)",
+    "val/acc (last epoch)",
+    "test/acc (best checkpoint)",
     comparison.LOSS_DIFFERENCE,
-    "time per epoch, median, training + validation (s)", "optimizer steps per second (steps / time in epochs)",
-    "start-up, process start to first training step (s)", "whole `python train.py` process (s)",
+    "time per epoch, median, training + validation (s)",
+    "optimizer steps per second (steps / time in epochs)",
+    "start-up, process start to first training step (s)",
+    "whole `python train.py` process (s)",
     "peak memory of the process, RSS (MB)",
     comparison.LINES_OF_CODE,
 }
 
 
 def run_compare(log_dir: Path, *overrides: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "compare.py", f"paths.log_dir={log_dir}", *overrides], cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "compare.py", f"paths.log_dir={log_dir}", *overrides],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def read_table(markdown: str) -> dict[str, list[str]]:
@@ -44,13 +53,24 @@ def pair_value(cell: str) -> float:
     return float(cell.split(" ", 1)[0])
 
 
-def fake_run(engine: str, losses: list[tuple[int, float]], epoch_times: list[float] | None = None,
-             **metrics) -> comparison.EngineRun:
+def fake_run(
+    engine: str, losses: list[tuple[int, float]], epoch_times: list[float] | None = None, **metrics
+) -> comparison.EngineRun:
     """An EngineRun as read_run returns it, without training."""
     epoch_times = [0.5, 0.25, 0.75] if epoch_times is None else epoch_times
-    values = {"device": "cpu", "seed": 42, "global_step": 30, "epoch_times_s": epoch_times, "train/loss": 0.125,
-              "val/acc": 0.9, "test/acc": 0.875, "startup_s": 4.0, "peak_rss_mb": 800.0, "peak_cuda_mb": None,
-              **metrics}
+    values = {
+        "device": "cpu",
+        "seed": 42,
+        "global_step": 30,
+        "epoch_times_s": epoch_times,
+        "train/loss": 0.125,
+        "val/acc": 0.9,
+        "test/acc": 0.875,
+        "startup_s": 4.0,
+        "peak_rss_mb": 800.0,
+        "peak_cuda_mb": None,
+        **metrics,
+    }
     return comparison.EngineRun(engine, Path(engine), 10.0, values, {"train/loss": losses})
 
 
@@ -110,8 +130,9 @@ def test_a_failed_engine_run_stops_the_comparison_with_one_line(log_dir):
 
 def test_compare_config_composes_into_its_own_folder(tmp_path):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="compare", overrides=[f"paths.log_dir={tmp_path}", "seed=3"],
-                      return_hydra_config=True)
+        cfg = compose(
+            config_name="compare", overrides=[f"paths.log_dir={tmp_path}", "seed=3"], return_hydra_config=True
+        )
     assert cfg.task == "compare" and cfg.seed == 3
     assert Path(cfg.hydra.run.dir).parent == tmp_path / "compare"
 
@@ -135,14 +156,18 @@ def test_largest_difference_compares_only_the_steps_both_logged():
     assert (step, compared) == (2, 2) and difference == pytest.approx(0.05)
 
 
-@pytest.mark.parametrize(("raw", "lightning", "cell"), [
-    ([(0, 1.0), (1, 0.5)], [(0, 1.0), (1, 0.5)], "0.00e+00 (identical at all 2 steps)"),
-    ([(0, 1.0), (1, 0.5), (2, 0.25)], [(0, 1.0), (1, 0.75), (2, 0.125)], "2.50e-01 (at step 1, of 3 steps)"),
-    ([(0, 1.0)], [(1, 1.0)], "n/a (no step logged by both engines)"),
-])
+@pytest.mark.parametrize(
+    ("raw", "lightning", "cell"),
+    [
+        ([(0, 1.0), (1, 0.5)], [(0, 1.0), (1, 0.5)], "0.00e+00 (identical at all 2 steps)"),
+        ([(0, 1.0), (1, 0.5), (2, 0.25)], [(0, 1.0), (1, 0.75), (2, 0.125)], "2.50e-01 (at step 1, of 3 steps)"),
+        ([(0, 1.0)], [(1, 1.0)], "n/a (no step logged by both engines)"),
+    ],
+)
 def test_the_per_step_row_shows_one_value_for_the_pair(raw, lightning, cell):
-    rows = {label: cells for label, *cells in comparison.table_rows(fake_run("raw", raw),
-                                                                     fake_run("lightning", lightning))}
+    rows = {
+        label: cells for label, *cells in comparison.table_rows(fake_run("raw", raw), fake_run("lightning", lightning))
+    }
     assert rows[comparison.LOSS_DIFFERENCE] == ["", "", cell]
     assert rows["time per epoch, median, training + validation (s)"] == ["0.500", "0.500", "ratio 1.00"]
 
@@ -164,7 +189,9 @@ def test_the_report_says_its_timings_are_one_run_and_links_the_benchmark(tmp_pat
 
 def test_code_lines_skip_blanks_comments_and_docstrings(tmp_path):
     source = tmp_path / "engine.py"
-    source.write_text('"""Module\n\ndocstring."""\n\n# a comment\nimport os  # counted\n\n\n'
-                      'def f(x):\n    """One line."""\n    text = """not a\n    docstring"""\n    return (x,\n'
-                      '            text)\n')
+    source.write_text(
+        '"""Module\n\ndocstring."""\n\n# a comment\nimport os  # counted\n\n\n'
+        'def f(x):\n    """One line."""\n    text = """not a\n    docstring"""\n    return (x,\n'
+        "            text)\n"
+    )
     assert comparison.code_lines(source) == 6  # import, def, text = (2 lines), return (2 lines)

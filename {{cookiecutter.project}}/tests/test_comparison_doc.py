@@ -26,15 +26,18 @@ import pytest
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # tour/ is left out of a project baked with include_tour=no; when the folder is there, so must its README be.
 DOCUMENTS = ("COMPARISON.md", "README.md", "benchmarks/README.md") + (
-    ("tour/README.md",) if (PROJECT_ROOT / "tour").is_dir() else ())
+    ("tour/README.md",) if (PROJECT_ROOT / "tour").is_dir() else ()
+)
 
 # [text](target). The text: code spans (which may hold brackets: [`progress["epoch"]`](...)), one level of
 # nested brackets ([see [1]](...)), and anything else but brackets. A target may contain template expressions
 # with spaces (only in the template checkout).
 CODE_SPAN = r"`[^`\n]*`"
 NESTED = rf"\[(?:{CODE_SPAN}|[^\[\]`\n])*\]"
-LINK = re.compile(rf"\[(?P<text>(?:{CODE_SPAN}|{NESTED}|[^\[\]`\n])*)\]"
-                  r"\((?P<target>(?:\{\{[^}]*\}\}|[^)\s])+)\)")
+LINK = re.compile(
+    rf"\[(?P<text>(?:{CODE_SPAN}|{NESTED}|[^\[\]`\n])*)\]"
+    r"\((?P<target>(?:\{\{[^}]*\}\}|[^)\s])+)\)"
+)
 CODE_TEXT = re.compile(r"^`(?P<code>[^`]+)`$")
 LINE_ANCHOR = re.compile(r"^L(?P<line>\d+)$")
 DOTTED_NAME = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
@@ -127,8 +130,10 @@ def check_link(root: Path, document: str, line_number: int, text: str, target: s
         return None
     code_text = CODE_TEXT.match(text.strip())
     if code_text is None:
-        return problem(f"[{text}]({target}) links to a line: write the name it shows there in backticks as the "
-                       "link text, so that this test can follow it when the line moves")
+        return problem(
+            f"[{text}]({target}) links to a line: write the name it shows there in backticks as the "
+            "link text, so that this test can follow it when the line moves"
+        )
     code = code_text["code"]
     lines = file.read_text(encoding="utf-8").splitlines()
     line = int(line_anchor["line"])
@@ -137,13 +142,14 @@ def check_link(root: Path, document: str, line_number: int, text: str, target: s
     where = "" if 1 <= line <= len(lines) else f" (it has {len(lines)} lines)"
     found = candidate_lines(code, lines)
     if len(found) == 1:
-        return problem(f"{path}#L{line} should show `{code}`{where}, which is now at line {found[0]}",
-                       f"{path}#L{found[0]}")
+        return problem(
+            f"{path}#L{line} should show `{code}`{where}, which is now at line {found[0]}", f"{path}#L{found[0]}"
+        )
     if found:
-        return problem(f"{path}#L{line} should show `{code}`{where}, which is now on lines "
-                       f"{', '.join(map(str, found))}: pick one")
-    return problem(f"{path}#L{line} should show `{code}`{where}, which no longer occurs in {path}: "
-                   "rewrite the link")
+        return problem(
+            f"{path}#L{line} should show `{code}`{where}, which is now on lines {', '.join(map(str, found))}: pick one"
+        )
+    return problem(f"{path}#L{line} should show `{code}`{where}, which no longer occurs in {path}: rewrite the link")
 
 
 def check_document(root: Path, document: str) -> list[Problem]:
@@ -206,21 +212,25 @@ def write_doc(project: Path, body: str) -> str:
 def test_a_moved_name_is_reported_with_its_new_line_and_fixed(small_project):
     document = write_doc(small_project, "[`clip_gradients`](engine.py#L2) and [`model.step()`](engine.py#L5)")
     problems = check_document(small_project, document)
-    assert [str(p) for p in problems] == [
-        "DOC.md:3: engine.py#L2 should show `clip_gradients`, which is now at line 4"]
+    assert [str(p) for p in problems] == ["DOC.md:3: engine.py#L2 should show `clip_gradients`, which is now at line 4"]
     assert fix_document(small_project, document, problems) == 1
     assert "[`clip_gradients`](engine.py#L4)" in (small_project / document).read_text()
     assert check_document(small_project, document) == []
 
 
-@pytest.mark.parametrize(("link", "message"), [
-    ("[`torch`](missing.py#L1)", "points at missing.py, which does not exist"),
-    ("[`clip_gradients`](engine.py#L40)", "engine.py#L40 should show `clip_gradients` (it has 5 lines), which is "
-                                         "now at line 4"),
-    ("[`zero_grad`](engine.py#L1)", "which no longer occurs in engine.py"),
-    ("[the clip](engine.py#L4)", "write the name it shows there in backticks"),
-    ("[doc](DOC.md#no-such-heading)", "has no heading with the anchor #no-such-heading"),
-])
+@pytest.mark.parametrize(
+    ("link", "message"),
+    [
+        ("[`torch`](missing.py#L1)", "points at missing.py, which does not exist"),
+        (
+            "[`clip_gradients`](engine.py#L40)",
+            "engine.py#L40 should show `clip_gradients` (it has 5 lines), which is now at line 4",
+        ),
+        ("[`zero_grad`](engine.py#L1)", "which no longer occurs in engine.py"),
+        ("[the clip](engine.py#L4)", "write the name it shows there in backticks"),
+        ("[doc](DOC.md#no-such-heading)", "has no heading with the anchor #no-such-heading"),
+    ],
+)
 def test_broken_links_are_reported(small_project, link, message):
     problems = check_document(small_project, write_doc(small_project, link))
     assert len(problems) == 1 and message in str(problems[0]), problems
@@ -228,27 +238,30 @@ def test_broken_links_are_reported(small_project, link, message):
 
 def test_a_link_whose_text_holds_brackets_is_checked_and_fixed(small_project):
     (small_project / "loop.py").write_text('progress = {"epoch": 0}\nprogress["epoch"] += 1\n')
-    document = write_doc(small_project, '[`progress["epoch"]`](loop.py#L1), [see [1]](missing.md) and '
-                                        '[`a]`](gone.py)')
+    document = write_doc(small_project, '[`progress["epoch"]`](loop.py#L1), [see [1]](missing.md) and [`a]`](gone.py)')
     problems = check_document(small_project, document)
     assert [str(p) for p in problems] == [
         'DOC.md:3: loop.py#L1 should show `progress["epoch"]`, which is now at line 2',
         "DOC.md:3: [see [1]](missing.md) points at missing.md, which does not exist",
-        "DOC.md:3: [`a]`](gone.py) points at gone.py, which does not exist"]
+        "DOC.md:3: [`a]`](gone.py) points at gone.py, which does not exist",
+    ]
     assert fix_document(small_project, document, problems) == 1
     assert '[`progress["epoch"]`](loop.py#L2)' in (small_project / document).read_text()
     assert len(check_document(small_project, document)) == 2
 
 
-@pytest.mark.parametrize(("line", "links"), [
-    ('[`progress["epoch"]`](a.py#L1)', [('`progress["epoch"]`', "a.py#L1")]),
-    ("[`x[0]` and `y]`](a.py)", [("`x[0]` and `y]`", "a.py")]),
-    ("[see [1]](a.md)", [("see [1]", "a.md")]),
-    ("[a] [b](c.md) [d]", [("b", "c.md")]),  # brackets that are not a link stay out of the next link's text
-    ("[a [b](c.md)", [("b", "c.md")]),
-    ("![plot](p.png) and [`f`](x.py#L2)", [("plot", "p.png"), ("`f`", "x.py#L2")]),
-    ("[`unclosed](a.py)", []),  # a lone backtick is not a code span: not a link this test can read
-])
+@pytest.mark.parametrize(
+    ("line", "links"),
+    [
+        ('[`progress["epoch"]`](a.py#L1)', [('`progress["epoch"]`', "a.py#L1")]),
+        ("[`x[0]` and `y]`](a.py)", [("`x[0]` and `y]`", "a.py")]),
+        ("[see [1]](a.md)", [("see [1]", "a.md")]),
+        ("[a] [b](c.md) [d]", [("b", "c.md")]),  # brackets that are not a link stay out of the next link's text
+        ("[a [b](c.md)", [("b", "c.md")]),
+        ("![plot](p.png) and [`f`](x.py#L2)", [("plot", "p.png"), ("`f`", "x.py#L2")]),
+        ("[`unclosed](a.py)", []),  # a lone backtick is not a code span: not a link this test can read
+    ],
+)
 def test_what_counts_as_a_link(line, links):
     assert [(m["text"], m["target"]) for m in LINK.finditer(line)] == links
 
@@ -257,10 +270,13 @@ def test_links_are_relative_to_the_folder_of_their_document(small_project):
     (small_project / "sub").mkdir()
     (small_project / "sub" / "DOC.md").write_text(
         "# Sub\n\n[up](../engine.py), [`clip_gradients`](../engine.py#L4), [here](DOC.md#sub), [top](#sub) and "
-        "[not here](engine.py)\n", encoding="utf-8")
+        "[not here](engine.py)\n",
+        encoding="utf-8",
+    )
     problems = check_document(small_project, "sub/DOC.md")
     assert [str(p) for p in problems] == [
-        "sub/DOC.md:3: [not here](engine.py) points at engine.py, which does not exist"]
+        "sub/DOC.md:3: [not here](engine.py) points at engine.py, which does not exist"
+    ]
 
 
 def test_what_counts_as_showing_a_name():

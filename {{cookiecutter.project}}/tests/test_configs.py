@@ -21,7 +21,8 @@ from {{ cookiecutter.package }}.task import configure_optimizers
 # search.yaml's: tests/test_search.py).
 GROUP_OPTIONS = sorted(
     (group.name, path.stem)
-    for group in CONFIG_DIR.iterdir() if group.is_dir() and group.name != "hparams_search"
+    for group in CONFIG_DIR.iterdir()
+    if group.is_dir() and group.name != "hparams_search"
     for path in group.glob("*.yaml")
 )
 
@@ -31,16 +32,26 @@ def test_every_config_file_is_covered():
     # compare.yaml: tests/test_compare.py; eval.yaml: tests/test_evaluate.py; export.yaml, predict.yaml, serve.yaml:
     # tests/test_export.py, test_predict.py, test_serve.py; search.yaml and hparams_search/: tests/test_search.py
     covered = {f"{group}/{option}.yaml" for group, option in GROUP_OPTIONS} | {
-        "train.yaml", "compare.yaml", "eval.yaml", "export.yaml", "predict.yaml", "serve.yaml", "search.yaml",
-        "hparams_search/optuna.yaml"}
+        "train.yaml",
+        "compare.yaml",
+        "eval.yaml",
+        "export.yaml",
+        "predict.yaml",
+        "serve.yaml",
+        "search.yaml",
+        "hparams_search/optuna.yaml",
+    }
     assert on_disk == covered | {"hydra/launcher/slurm.yaml"}  # tested below (it needs a Hydra plugin)
 
 
-@pytest.mark.parametrize(("name", "keys"), [
-    ("export", {"ckpt_path": None, "format": "torch_export", "check": {"batch_size": 64, "tolerance": 1e-5}}),
-    ("predict", {"model_path": None, "inputs": None, "output": None, "batch_size": 256}),
-    ("serve", {"model_path": None, "host": "127.0.0.1", "port": 8000, "max_body_bytes": 1_000_000}),
-])
+@pytest.mark.parametrize(
+    ("name", "keys"),
+    [
+        ("export", {"ckpt_path": None, "format": "torch_export", "check": {"batch_size": 64, "tolerance": 1e-5}}),
+        ("predict", {"model_path": None, "inputs": None, "output": None, "batch_size": 256}),
+        ("serve", {"model_path": None, "host": "127.0.0.1", "port": 8000, "max_body_bytes": 1_000_000}),
+    ],
+)
 def test_the_deployment_configs_compose(name, keys):
     """export.py's, predict.py's and serve.py's configs (serve.py binds to this machine only by default)."""
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -53,8 +64,11 @@ def test_the_slurm_launcher_config_takes_its_sizes_from_the_trainer():
     task per device, on trainer.num_nodes nodes."""
     launcher = OmegaConf.load(CONFIG_DIR / "hydra" / "launcher" / "slurm.yaml")
     assert list(launcher.defaults) == ["submitit_slurm"]
-    settings = {key: value for key, value in OmegaConf.to_container(launcher).items()  # not resolved yet
-                if key not in ("defaults", "submitit_folder")}
+    settings = {
+        key: value
+        for key, value in OmegaConf.to_container(launcher).items()  # not resolved yet
+        if key not in ("defaults", "submitit_folder")
+    }
     cfg = compose_train(["trainer=ddp", "trainer.devices=4", "trainer.num_nodes=3"])
     OmegaConf.set_struct(cfg, False)  # compose() returns a struct config: no new keys without this
     cfg = OmegaConf.merge(cfg, {"launcher": settings})
@@ -71,8 +85,11 @@ def test_config_composes_and_resolves(group, option):
             check_config(cfg)
         return
     if group == "trainer" and option in ("gpu", "mps", "ddp"):
-        available = {"gpu": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(),
-                     "ddp": torch.cuda.device_count() >= cfg.trainer.devices}[option]
+        available = {
+            "gpu": torch.cuda.is_available(),
+            "mps": torch.backends.mps.is_available(),
+            "ddp": torch.cuda.device_count() >= cfg.trainer.devices,
+        }[option]
         if not available:
             with pytest.raises(UserError, match="trainer=(ddp_)?cpu"):
                 check_config(cfg)
@@ -108,8 +125,14 @@ def test_model_optimizer_scheduler_take_a_step(model, optimizer, scheduler):
 
 
 def test_onecycle_total_steps_come_from_the_data():
-    cfg = compose_train(["scheduler=onecycle", "trainer.max_epochs=3", "trainer.accumulate_grad_batches=2",
-                         "trainer.limit_train_batches=5"])
+    cfg = compose_train(
+        [
+            "scheduler=onecycle",
+            "trainer.max_epochs=3",
+            "trainer.accumulate_grad_batches=2",
+            "trainer.limit_train_batches=5",
+        ]
+    )
     steps = raw.estimated_stepping_batches(raw_trainer(cfg, num_batches=20))
     assert steps == 3 * math.ceil(5 / 2)
     _, schedule = configure_optimizers(cfg, torch.nn.Linear(1, 1), steps)

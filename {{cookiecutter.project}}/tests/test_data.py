@@ -28,10 +28,12 @@ def split_indices(seed: int) -> list[list[int]]:
 
 
 def test_digits_are_scikit_learns_read_without_importing_it():
-    code = ("import sys\n"
-            "from {{ cookiecutter.package }}.data import load_digits_tensors\n"
-            "images, labels = load_digits_tensors()\n"
-            "print('sklearn' in sys.modules, tuple(images.shape), labels.dtype)")
+    code = (
+        "import sys\n"
+        "from {{ cookiecutter.package }}.data import load_digits_tensors\n"
+        "images, labels = load_digits_tensors()\n"
+        "print('sklearn' in sys.modules, tuple(images.shape), labels.dtype)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "(1797,", "1,", "8,", "8)", "torch.int64"]
     from sklearn.datasets import load_digits
@@ -107,8 +109,10 @@ def make_cifar(root: Path, monkeypatch, trusted: tuple[str, ...] = ()) -> Path:
     folder.mkdir(parents=True)
     cifar, generator = torchvision.datasets.CIFAR10, torch.Generator().manual_seed(0)
     for name, _ in cifar.train_list + cifar.test_list:
-        batch = {"data": torch.randint(0, 256, (10, 3072), generator=generator, dtype=torch.uint8).numpy(),
-                 "labels": list(range(10))}
+        batch = {
+            "data": torch.randint(0, 256, (10, 3072), generator=generator, dtype=torch.uint8).numpy(),
+            "labels": list(range(10)),
+        }
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
     (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"class {i}" for i in range(10)]}, protocol=2))
 
@@ -123,8 +127,9 @@ def make_cifar(root: Path, monkeypatch, trusted: tuple[str, ...] = ()) -> Path:
 
 def loaded(name: str, root: Path, download: bool = False) -> DataPipeline:
     """prepare_data() and setup() of data=<name> from root, as both engines call them."""
-    cfg = compose_train([f"data={name}", f"data.root={root}", f"data.download={str(download).lower()}",
-                         "data.num_workers=0"]).data
+    cfg = compose_train(
+        [f"data={name}", f"data.root={root}", f"data.download={str(download).lower()}", "data.num_workers=0"]
+    ).data
     data = DataPipeline(cfg, seed=0)
     data.prepare_data()
     data.setup()
@@ -143,6 +148,7 @@ def error(name: str, root: Path, download: bool = False) -> str:
 @pytest.fixture
 def offline(monkeypatch):
     """No network: every download torchvision tries fails as it does offline (URLError)."""
+
     def refuse(*args, **kwargs):
         raise urllib.error.URLError("offline (test)")
 
@@ -171,8 +177,10 @@ def test_cifar10_loads_from_its_files(tmp_path, monkeypatch):
     assert images.shape[1:] == (3, 32, 32) and labels.dtype == torch.int64
 
 
-@pytest.mark.parametrize(("name", "folder"), [("mnist", "MNIST/raw"), ("fashion_mnist", "FashionMNIST/raw"),
-                                              ("cifar10", "cifar-10-batches-py")])
+@pytest.mark.parametrize(
+    ("name", "folder"),
+    [("mnist", "MNIST/raw"), ("fashion_mnist", "FashionMNIST/raw"), ("cifar10", "cifar-10-batches-py")],
+)
 def test_missing_dataset_offline_says_where_and_suggests_digits(tmp_path, name, folder):
     cfg = compose_train([f"data={name}", f"data.root={tmp_path}", "data.download=false"]).data
     with pytest.raises(UserError) as error:
@@ -190,30 +198,54 @@ def cut(path: Path, size: int) -> None:
 # the first three: RuntimeError "Dataset not found", ValueError "invalid literal for int() with base 16", and
 # RuntimeError "shape '[40, 28, 28]' is invalid"; AssertionError for the next three; nothing for the last two.
 MNIST_DAMAGE = {
-    "missing": (lambda raw: (raw / "t10k-labels-idx1-ubyte").unlink(), "t10k-labels-idx1-ubyte",
-                "is missing and data.download=false: put torchvision's files there, set data.download=true on a "
-                "machine with internet, or train on the bundled data with data=digits"),
-    "empty": (lambda raw: cut(raw / "train-images-idx3-ubyte", 0), "train-images-idx3-ubyte",
-              f"is empty (0 bytes): {RETRY}"),
-    "truncated": (lambda raw: cut(raw / "t10k-images-idx3-ubyte", 1000), "t10k-images-idx3-ubyte",
-                  f"is truncated (1000 of the 9424 bytes its header announces): {RETRY}"),
-    "random bytes": (lambda raw: (raw / "train-labels-idx1-ubyte").write_bytes(random.Random(0).randbytes(48)),
-                     "train-labels-idx1-ubyte", "is not an IDX label file (magic number 0xCD072CD8, expected "
-                     f"0x00000801; it starts with bytes {NOISE}): {RETRY}"),
-    "wrong magic": (lambda raw: (raw / "train-images-idx3-ubyte").write_bytes(
-        (raw / "train-labels-idx1-ubyte").read_bytes()), "train-images-idx3-ubyte",
+    "missing": (
+        lambda raw: (raw / "t10k-labels-idx1-ubyte").unlink(),
+        "t10k-labels-idx1-ubyte",
+        "is missing and data.download=false: put torchvision's files there, set data.download=true on a "
+        "machine with internet, or train on the bundled data with data=digits",
+    ),
+    "empty": (
+        lambda raw: cut(raw / "train-images-idx3-ubyte", 0),
+        "train-images-idx3-ubyte",
+        f"is empty (0 bytes): {RETRY}",
+    ),
+    "truncated": (
+        lambda raw: cut(raw / "t10k-images-idx3-ubyte", 1000),
+        "t10k-images-idx3-ubyte",
+        f"is truncated (1000 of the 9424 bytes its header announces): {RETRY}",
+    ),
+    "random bytes": (
+        lambda raw: (raw / "train-labels-idx1-ubyte").write_bytes(random.Random(0).randbytes(48)),
+        "train-labels-idx1-ubyte",
+        "is not an IDX label file (magic number 0xCD072CD8, expected "
+        f"0x00000801; it starts with bytes {NOISE}): {RETRY}",
+    ),
+    "wrong magic": (
+        lambda raw: (raw / "train-images-idx3-ubyte").write_bytes((raw / "train-labels-idx1-ubyte").read_bytes()),
+        "train-images-idx3-ubyte",
         "is not an IDX image file (magic number 0x00000801, expected 0x00000803; it starts with bytes 00 00 08 01 "
-        f"00 00 00 28): {RETRY}"),
-    "still gzip": (lambda raw: (raw / "train-images-idx3-ubyte").write_bytes(
-        gzip.compress((raw / "train-images-idx3-ubyte").read_bytes())), "train-images-idx3-ubyte",
+        f"00 00 00 28): {RETRY}",
+    ),
+    "still gzip": (
+        lambda raw: (raw / "train-images-idx3-ubyte").write_bytes(
+            gzip.compress((raw / "train-images-idx3-ubyte").read_bytes())
+        ),
+        "train-images-idx3-ubyte",
         f"is still gzip-compressed (the contents of train-images-idx3-ubyte.gz, not the file extracted from it): "
-        f"{RETRY}"),
-    "labels out of range": (lambda raw: write_idx(raw / "train-labels-idx1-ubyte", torch.arange(40) * 7),
-                            "train-labels-idx1-ubyte", f"is damaged (label 14 at position 2, expected 0-9): {RETRY}"),
-    "labels of another set": (lambda raw: write_idx(raw / "t10k-labels-idx1-ubyte", torch.arange(10) % 10),
-                              "t10k-labels-idx1-ubyte", "is not the label file of {raw}/t10k-images-idx3-ubyte (10 "
-                              "labels for 12 images): delete both and put torchvision's files there, or set "
-                              "data.download=true on a machine with internet"),
+        f"{RETRY}",
+    ),
+    "labels out of range": (
+        lambda raw: write_idx(raw / "train-labels-idx1-ubyte", torch.arange(40) * 7),
+        "train-labels-idx1-ubyte",
+        f"is damaged (label 14 at position 2, expected 0-9): {RETRY}",
+    ),
+    "labels of another set": (
+        lambda raw: write_idx(raw / "t10k-labels-idx1-ubyte", torch.arange(10) % 10),
+        "t10k-labels-idx1-ubyte",
+        "is not the label file of {raw}/t10k-images-idx3-ubyte (10 "
+        "labels for 12 images): delete both and put torchvision's files there, or set "
+        "data.download=true on a machine with internet",
+    ),
 }
 
 
@@ -227,8 +259,10 @@ def test_damaged_mnist_file_is_named_with_the_fix(tmp_path, damage):
 
 def test_damaged_fashion_mnist_file_is_named(tmp_path):
     cut(make_mnist(tmp_path, "FashionMNIST") / "train-images-idx3-ubyte", 0)
-    assert error("fashion_mnist", tmp_path) == \
-        f"data=fashion_mnist: {tmp_path}/FashionMNIST/raw/train-images-idx3-ubyte is empty (0 bytes): {RETRY}"
+    assert (
+        error("fashion_mnist", tmp_path)
+        == f"data=fashion_mnist: {tmp_path}/FashionMNIST/raw/train-images-idx3-ubyte is empty (0 bytes): {RETRY}"
+    )
 
 
 @pytest.mark.parametrize("download", [False, True])
@@ -239,7 +273,8 @@ def test_mnist_gz_that_is_not_gzip_is_named(tmp_path, download, offline):
     (raw / "train-images-idx3-ubyte").unlink()
     (raw / "train-images-idx3-ubyte.gz").write_text("<html>Service unavailable</html>")
     assert error("mnist", tmp_path, download) == (
-        f"data=mnist: {raw}/train-images-idx3-ubyte.gz is not a gzip file (it starts with '<html>Servic'): {RETRY}")
+        f"data=mnist: {raw}/train-images-idx3-ubyte.gz is not a gzip file (it starts with '<html>Servic'): {RETRY}"
+    )
 
 
 def patch_mnist_md5(raw: Path, monkeypatch) -> None:
@@ -257,22 +292,28 @@ def test_damaged_mnist_file_with_its_gz_there_is_extracted_again_offline(tmp_pat
     cut(raw / "train-images-idx3-ubyte", 0)
     assert error("mnist", tmp_path, download=True) == (
         f"data=mnist: {raw}/train-images-idx3-ubyte is empty (0 bytes): delete it and set data.download=true, "
-        f"which extracts it again from {raw}/train-images-idx3-ubyte.gz without the network")
+        f"which extracts it again from {raw}/train-images-idx3-ubyte.gz without the network"
+    )
     (raw / "train-images-idx3-ubyte").unlink()
     assert error("mnist", tmp_path) == (
         f"data=mnist: {raw}/train-images-idx3-ubyte is missing and data.download=false: set data.download=true, "
-        f"which extracts it from {raw}/train-images-idx3-ubyte.gz without the network")
+        f"which extracts it from {raw}/train-images-idx3-ubyte.gz without the network"
+    )
     assert len(loaded("mnist", tmp_path, download=True).train_set) == 36  # as the message says, offline
 
 
 @pytest.mark.parametrize(("name", "folder"), [("mnist", "MNIST/raw"), ("cifar10", "cifar-10-batches-py")])
 def test_failed_download_is_not_called_missing_or_damaged(tmp_path, name, folder, offline):
-    reason = "Error downloading train-images-idx3-ubyte.gz: <urlopen error offline (test)>" if name == "mnist" \
+    reason = (
+        "Error downloading train-images-idx3-ubyte.gz: <urlopen error offline (test)>"
+        if name == "mnist"
         else "<urlopen error offline (test)>"
+    )
     class_name = "MNIST" if name == "mnist" else "CIFAR10"
     assert error(name, tmp_path, download=True) == (
         f"data={name}: downloading the {class_name} files into {tmp_path}/{folder} failed ({reason}): run on a "
-        f"machine with internet, put torchvision's files there yourself, or train on the bundled data with data=digits")
+        f"machine with internet, put torchvision's files there yourself, or train on the bundled data with data=digits"
+    )
 
 
 def test_mnist_processed_file_of_an_old_torchvision_is_named(tmp_path):
@@ -281,9 +322,11 @@ def test_mnist_processed_file_of_an_old_torchvision_is_named(tmp_path):
     for file in ("training.pt", "test.pt"):
         (raw.parent / "processed" / file).write_bytes(b"not a torch file")
     assert error("mnist", tmp_path).startswith(
-        f"data=mnist: {raw.parent}/processed/training.pt is not a dataset torch.load can read (")
+        f"data=mnist: {raw.parent}/processed/training.pt is not a dataset torch.load can read ("
+    )
     assert error("mnist", tmp_path).endswith(
-        f": delete {raw.parent}/processed, and torchvision reads the files of {raw} instead")
+        f": delete {raw.parent}/processed, and torchvision reads the files of {raw} instead"
+    )
 
 
 class RunsCode:
@@ -298,24 +341,39 @@ class RunsCode:
 
 def truncate_pickle(path: Path) -> None:
     content = path.read_bytes()
-    size = next(n for n in range(len(content) // 2, 0, -1) if content[n - 1:n] != b".")
+    size = next(n for n in range(len(content) // 2, 0, -1) if content[n - 1 : n] != b".")
     path.write_bytes(content[:size])
 
 
 CIFAR_DAMAGE = {  # torchvision raises RuntimeError "Dataset not found or corrupted" for every one of them
-    "missing": (lambda folder: (folder / "data_batch_3").unlink(), "data_batch_3",
-                "is missing and data.download=false: put torchvision's files there, set data.download=true on a "
-                "machine with internet, or train on the bundled data with data=digits"),
+    "missing": (
+        lambda folder: (folder / "data_batch_3").unlink(),
+        "data_batch_3",
+        "is missing and data.download=false: put torchvision's files there, set data.download=true on a "
+        "machine with internet, or train on the bundled data with data=digits",
+    ),
     "empty": (lambda folder: cut(folder / "data_batch_2", 0), "data_batch_2", f"is empty (0 bytes): {RETRY}"),
     "truncated": (lambda folder: truncate_pickle(folder / "test_batch"), "test_batch", "is truncated ("),
-    "random bytes": (lambda folder: (folder / "data_batch_5").write_bytes(random.Random(0).randbytes(4096)),
-                     "data_batch_5", f"is not a CIFAR-10 batch (it starts with bytes {NOISE}): {RETRY}"),
-    "text": (lambda folder: (folder / "data_batch_1").write_text("version https://git-lfs.github.com/spec/v1\n"),
-             "data_batch_1", f"is text, not a CIFAR-10 batch (it starts with 'version http'): {RETRY}"),
-    "another pickle": (lambda folder: (folder / "data_batch_4").write_bytes(pickle.dumps({"data": []}, protocol=2)),
-                       "data_batch_4", "is not torchvision's file (md5 "),
-    "metadata": (lambda folder: (folder / "batches.meta").write_text(""), "batches.meta",
-                 f"is empty (0 bytes): {RETRY}"),
+    "random bytes": (
+        lambda folder: (folder / "data_batch_5").write_bytes(random.Random(0).randbytes(4096)),
+        "data_batch_5",
+        f"is not a CIFAR-10 batch (it starts with bytes {NOISE}): {RETRY}",
+    ),
+    "text": (
+        lambda folder: (folder / "data_batch_1").write_text("version https://git-lfs.github.com/spec/v1\n"),
+        "data_batch_1",
+        f"is text, not a CIFAR-10 batch (it starts with 'version http'): {RETRY}",
+    ),
+    "another pickle": (
+        lambda folder: (folder / "data_batch_4").write_bytes(pickle.dumps({"data": []}, protocol=2)),
+        "data_batch_4",
+        "is not torchvision's file (md5 ",
+    ),
+    "metadata": (
+        lambda folder: (folder / "batches.meta").write_text(""),
+        "batches.meta",
+        f"is empty (0 bytes): {RETRY}",
+    ),
 }
 
 
@@ -344,11 +402,14 @@ def test_cifar10_batch_that_would_run_code_is_refused_before_unpickling(tmp_path
 @pytest.mark.parametrize("download", [False, True])
 def test_cifar10_archive_that_is_not_gzip_is_named(tmp_path, monkeypatch, download, offline):
     (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"")
-    assert error("cifar10", tmp_path, download) == \
-        f"data=cifar10: {tmp_path}/cifar-10-python.tar.gz is empty (0 bytes): {RETRY}"
+    assert (
+        error("cifar10", tmp_path, download)
+        == f"data=cifar10: {tmp_path}/cifar-10-python.tar.gz is empty (0 bytes): {RETRY}"
+    )
     (tmp_path / "cifar-10-python.tar.gz").write_bytes(random.Random(0).randbytes(64))
-    assert error("cifar10", tmp_path, download) == (f"data=cifar10: {tmp_path}/cifar-10-python.tar.gz is not a "
-                                                    f"gzip file (it starts with bytes {NOISE}): {RETRY}")
+    assert error("cifar10", tmp_path, download) == (
+        f"data=cifar10: {tmp_path}/cifar-10-python.tar.gz is not a gzip file (it starts with bytes {NOISE}): {RETRY}"
+    )
 
 
 @pytest.mark.slow
@@ -359,7 +420,8 @@ def test_train_py_prints_the_damaged_file_in_one_line(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: data=mnist: {raw}/t10k-images-idx3-ubyte is truncated (100 of the 9424 bytes its header "
-        f"announces): {RETRY}")
+        f"announces): {RETRY}"
+    )
 
 
 def test_unknown_dataset_is_named():

@@ -28,9 +28,16 @@ from {{ cookiecutter.package }}.checkpoint import load_checkpoint, model_state_d
 
 ENGINES = ("raw", "lightning")
 DDP_RUN = [
-    "trainer=ddp_cpu", "scheduler=step", "scheduler.step_size=1", "trainer.max_epochs=2",
-    "trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
-    "trainer.log_every_n_steps=1", "trainer.deterministic=true", "trainer.enable_progress_bar=false",
+    "trainer=ddp_cpu",
+    "scheduler=step",
+    "scheduler.step_size=1",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.log_every_n_steps=1",
+    "trainer.deterministic=true",
+    "trainer.enable_progress_bar=false",
 ]
 STEPS_PER_EPOCH = 3
 DEADLINE_S = 600  # the most one command here may take: a tiny run takes seconds, tens of them on a busy machine
@@ -43,8 +50,10 @@ def ranks_logs(log_dir: Path) -> str:
 
 def explain(result: subprocess.CompletedProcess, log_dir: Path) -> str:
     """Everything a finished run left to diagnose it: exit code, full stdout and stderr, every rank's log."""
-    return (f"{subprocess.list2cmdline(map(str, result.args))}\nexit code {result.returncode}\n--- stdout ---\n"
-            f"{result.stdout}\n--- stderr ---\n{result.stderr}{ranks_logs(log_dir)}")
+    return (
+        f"{subprocess.list2cmdline(map(str, result.args))}\nexit code {result.returncode}\n--- stdout ---\n"
+        f"{result.stdout}\n--- stderr ---\n{result.stderr}{ranks_logs(log_dir)}"
+    )
 
 
 @pytest.fixture
@@ -140,7 +149,7 @@ def listening_sockets(pids) -> dict[int, list[tuple[str, int]]]:
                 with contextlib.suppress(OSError):
                     target = os.readlink(fd)
                     if target.startswith("socket:["):
-                        owner[target[len("socket:["):-1]] = pid
+                        owner[target[len("socket:[") : -1]] = pid
     found = {pid: [] for pid in pids}
     for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
         path = Path("/proc/net") / table
@@ -149,7 +158,7 @@ def listening_sockets(pids) -> dict[int, list[tuple[str, int]]]:
             if state == "0A" and inode in owner:  # 0A: TCP_LISTEN
                 address, port = local.split(":")
                 raw = bytes.fromhex(address)  # 32-bit words in host (little-endian) order
-                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
                 found[owner[inode]].append((socket.inet_ntop(family, raw), int(port, 16)))
     return found
 
@@ -244,9 +253,17 @@ def test_the_tensor_data_path_gives_each_rank_the_same_share_as_the_dataloader(m
 def resumed(multirun) -> dict[str, subprocess.CompletedProcess]:
     """Each job of the sweep resumed from its last.ckpt for a third epoch, as a plain DDP run."""
     log_dir, _ = multirun
-    return {engine: run_train(log_dir, f"engine={engine}", *DDP_RUN, "trainer.max_epochs=3",
-                              f"ckpt_path={job / 'checkpoints' / 'last.ckpt'}", timeout=DEADLINE_S)
-            for engine, job in job_dirs(log_dir).items()}
+    return {
+        engine: run_train(
+            log_dir,
+            f"engine={engine}",
+            *DDP_RUN,
+            "trainer.max_epochs=3",
+            f"ckpt_path={job / 'checkpoints' / 'last.ckpt'}",
+            timeout=DEADLINE_S,
+        )
+        for engine, job in job_dirs(log_dir).items()
+    }
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -276,8 +293,15 @@ def test_resumed_ddp_runs_still_agree(multirun, resumed):
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_crashed_rank_stops_the_whole_run_with_its_error(log_dir, engine):
     fail_step = STEPS_PER_EPOCH + 1  # in the second epoch, after the first epoch's last.ckpt
-    result = run_train(log_dir, f"engine={engine}", *DDP_RUN, "+debug.fail_rank=1", f"+debug.fail_step={fail_step}",
-                       f"distributed.timeout_s={COLLECTIVE_TIMEOUT_S}", timeout=DEADLINE_S)
+    result = run_train(
+        log_dir,
+        f"engine={engine}",
+        *DDP_RUN,
+        "+debug.fail_rank=1",
+        f"+debug.fail_step={fail_step}",
+        f"distributed.timeout_s={COLLECTIVE_TIMEOUT_S}",
+        timeout=DEADLINE_S,
+    )
     finished = time.time()
     assert result.returncode == 1, explain(result, log_dir)
     (run_dir,) = run_dirs(log_dir, engine)
@@ -286,7 +310,8 @@ def test_a_crashed_rank_stops_the_whole_run_with_its_error(log_dir, engine):
     # the start, not the stop.
     stopped_after = finished - (run_dir / "rank1.log").stat().st_mtime
     assert stopped_after < COLLECTIVE_TIMEOUT_S / 2, f"stopped {stopped_after:.0f} s after the failure\n" + explain(
-        result, log_dir)
+        result, log_dir
+    )
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, explain(result, log_dir)
     (error,) = errors
@@ -312,14 +337,23 @@ def test_under_torchrun_train_py_is_the_worker_and_launches_nothing(log_dir):
 def test_a_process_group_that_cannot_form_fails_with_a_clear_error(log_dir, start):
     """Rank 0 of 2 started alone: it waits distributed.timeout_s for rank 1, then stops with one line (had it
     ignored distributed.timeout_s=3, it would wait torch's default, 30 minutes, past DEADLINE_S)."""
-    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-    run = start([sys.executable, "train.py", f"paths.log_dir={log_dir}", "engine=raw", *DDP_RUN,
-                 "distributed.timeout_s=3"], env)
+    env = {
+        **os.environ,
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "2",
+        "LOCAL_WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+    }
+    run = start(
+        [sys.executable, "train.py", f"paths.log_dir={log_dir}", "engine=raw", *DDP_RUN, "distributed.timeout_s=3"], env
+    )
     result = finish(run, log_dir)
     assert result.returncode == 1, explain(result, log_dir)
     assert "error: the process group did not form within distributed.timeout_s=3: rank 0 of 2" in result.stderr, (
-        explain(result, log_dir))
+        explain(result, log_dir)
+    )
     assert "Traceback" not in result.stderr, explain(result, log_dir)
 
 
@@ -328,10 +362,19 @@ def test_under_srun_each_slurm_task_is_a_worker(log_dir, start):
     Two local processes with the variables srun would set stand in for a two-task SLURM step."""
     port = str(free_port())
     workers = [
-        start([sys.executable, "train.py", f"paths.log_dir={log_dir}", "engine=raw", *DDP_RUN],
-              env={**{k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE"))},
-                   "SLURM_NTASKS": "2", "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "SLURM_JOB_ID": "4242",
-                   "SLURM_JOB_NAME": "train", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
+        start(
+            [sys.executable, "train.py", f"paths.log_dir={log_dir}", "engine=raw", *DDP_RUN],
+            env={
+                **{k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE"))},
+                "SLURM_NTASKS": "2",
+                "SLURM_PROCID": str(rank),
+                "SLURM_LOCALID": str(rank),
+                "SLURM_JOB_ID": "4242",
+                "SLURM_JOB_NAME": "train",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": port,
+            },
+        )
         for rank in (0, 1)
     ]
     results = [finish(worker, log_dir) for worker in workers]
@@ -350,12 +393,20 @@ def test_sigterm_to_a_ddp_run_names_the_state_it_saved_and_how_to_resume_it(log_
     connecting through this machine's other addresses."""
     import shlex
 
-    overrides = [f"paths.log_dir={log_dir}", "engine=lightning", *[o for o in DDP_RUN if "max_epochs" not in o],
-                 "trainer.max_epochs=1000"]
+    overrides = [
+        f"paths.log_dir={log_dir}",
+        "engine=lightning",
+        *[o for o in DDP_RUN if "max_epochs" not in o],
+        "trainer.max_epochs=1000",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "GLOO_SOCKET_IFNAME"}  # gloo's choice, not the caller's
     run = start([sys.executable, "train.py", *overrides], env)
-    wait_for(lambda: list(log_dir.glob("train/lightning/*/checkpoints/last.ckpt")), run, log_dir,
-             "last.ckpt: training is under way")
+    wait_for(
+        lambda: list(log_dir.glob("train/lightning/*/checkpoints/last.ckpt")),
+        run,
+        log_dir,
+        "last.ckpt: training is under way",
+    )
 
     listening = listening_sockets(processes_under(log_dir))
     report = f"listening sockets by process: {listening}\n"
@@ -377,6 +428,7 @@ def test_sigterm_to_a_ddp_run_names_the_state_it_saved_and_how_to_resume_it(log_
     *_, stopped, hint = result.stderr.strip().splitlines()
     step = load_checkpoint(last)["global_step"]
     assert stopped == f"stopped by SIGTERM; {last} holds the state after step {step}", explain(result, log_dir)
-    assert shlex.split(hint) == ["Resume", "with:", "python", "train.py", *overrides, f"ckpt_path={last}"], (
-        explain(result, log_dir))
+    assert shlex.split(hint) == ["Resume", "with:", "python", "train.py", *overrides, f"ckpt_path={last}"], explain(
+        result, log_dir
+    )
     assert no_processes_left(log_dir) == {}

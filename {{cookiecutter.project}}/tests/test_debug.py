@@ -62,10 +62,12 @@ def test_fast_dev_run_takes_one_step_the_same_in_both_engines_and_writes_nothing
 def test_fast_dev_run_n_runs_n_batches_of_each_split(tmp_path, monkeypatch):
     seen = {"train": 0, "eval": 0}
     training_step, evaluation_step = task.training_step, task.evaluation_step
-    monkeypatch.setattr(task, "training_step", lambda *a: (seen.__setitem__("train", seen["train"] + 1),
-                                                           training_step(*a))[1])
-    monkeypatch.setattr(task, "evaluation_step", lambda *a: (seen.__setitem__("eval", seen["eval"] + 1),
-                                                             evaluation_step(*a))[1])
+    monkeypatch.setattr(
+        task, "training_step", lambda *a: (seen.__setitem__("train", seen["train"] + 1), training_step(*a))[1]
+    )
+    monkeypatch.setattr(
+        task, "evaluation_step", lambda *a: (seen.__setitem__("eval", seen["eval"] + 1), evaluation_step(*a))[1]
+    )
     result = train("raw", tmp_path, ["trainer.fast_dev_run=3", "trainer.max_epochs=5", "trainer.limit_val_batches=1"])
     assert (result["epochs"], result["global_step"], seen) == (1, 3, {"train": 3, "eval": 6})  # 3 val, 3 test
 
@@ -101,12 +103,13 @@ def test_overfit_batches_trains_on_the_same_first_batches_every_epoch(tmp_path, 
     data.setup()
     first = torch.stack([data.train_set[i][1] for i in range(2 * cfg.data.batch_size)])  # in order: no shuffling
     assert len(targets) == 6
-    assert all(torch.equal(torch.cat(targets[epoch * 2:epoch * 2 + 2]), first) for epoch in range(3))
+    assert all(torch.equal(torch.cat(targets[epoch * 2 : epoch * 2 + 2]), first) for epoch in range(3))
 
 
 def test_overfit_batches_gives_the_same_per_step_losses_in_both_engines(tmp_path):
-    results = {engine: train(engine, tmp_path / engine, ["debug=overfit", "trainer.max_epochs=4"])
-               for engine in ENGINES}
+    results = {
+        engine: train(engine, tmp_path / engine, ["debug=overfit", "trainer.max_epochs=4"]) for engine in ENGINES
+    }
     raw, lit = scalars(tmp_path / "raw"), scalars(tmp_path / "lightning")
     assert_same_curves(raw, lit, ("train/loss", "lr", "val/loss", "val/acc", "test/acc"))
     assert len(raw["train/loss"]) == 8 and [step for step, _ in raw["val/loss"]] == [1, 3, 5, 7]
@@ -132,14 +135,20 @@ VAL_CHECK_CASES = {
 
 @pytest.mark.parametrize("case", VAL_CHECK_CASES)
 def test_val_check_interval_validates_at_the_same_steps_in_both_engines(tmp_path, case):
-    base = ["trainer.max_epochs=2", "trainer.limit_train_batches=6", "trainer.limit_val_batches=2",
-            "trainer.limit_test_batches=2", "trainer.log_every_n_steps=1"]
+    base = [
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=6",
+        "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=2",
+        "trainer.log_every_n_steps=1",
+    ]
     results = {engine: train(engine, tmp_path / engine, VAL_CHECK_CASES[case], base) for engine in ENGINES}
     raw, lit = scalars(tmp_path / "raw"), scalars(tmp_path / "lightning")
     assert set(raw) == set(lit)
     assert_same_curves(raw, lit, ("train/loss", "val/loss", "val/acc", "test/acc", "epoch"))
-    expected = {"every-3-batches": [2, 5, 8, 11], "half-an-epoch-of-5": [1, 3, 6, 8],
-                "every-4-accumulating-2": [1, 4]}[case]
+    expected = {"every-3-batches": [2, 5, 8, 11], "half-an-epoch-of-5": [1, 3, 6, 8], "every-4-accumulating-2": [1, 4]}[
+        case
+    ]
     assert [step for step, _ in raw["val/loss"]] == expected
     for name in ("last.ckpt", "best.ckpt"):  # written after the validations, as Lightning's ModelCheckpoint
         raw_weights, lit_weights = weights(tmp_path / "raw", name), weights(tmp_path / "lightning", name)
@@ -172,30 +181,49 @@ def test_debug_profiler_writes_a_trace_of_the_same_training_steps_in_both_engine
 
 def test_raw_refuses_the_lightning_only_profilers(tmp_path):
     with pytest.raises(UserError, match="trainer.profiler=simple is not implemented by engine=raw"):
-        train("raw", tmp_path, ["trainer.profiler=simple", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
-                                "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"])
+        train(
+            "raw",
+            tmp_path,
+            [
+                "trainer.profiler=simple",
+                "trainer.max_epochs=1",
+                "trainer.limit_train_batches=1",
+                "trainer.limit_val_batches=1",
+                "trainer.limit_test_batches=1",
+            ],
+        )
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["trainer.val_check_interval=7", "trainer.limit_train_batches=6"],
-     "trainer.val_check_interval=7 is not valid here: it must be at most the number of training batches (6)"),
-    (["trainer.val_check_interval=3", "trainer.accumulate_grad_batches=2", "trainer.limit_train_batches=6"],
-     "trainer.val_check_interval=3 (every 3 batches) with trainer.accumulate_grad_batches=2 is not implemented"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["trainer.val_check_interval=7", "trainer.limit_train_batches=6"],
+            "trainer.val_check_interval=7 is not valid here: it must be at most the number of training batches (6)",
+        ),
+        (
+            ["trainer.val_check_interval=3", "trainer.accumulate_grad_batches=2", "trainer.limit_train_batches=6"],
+            "trainer.val_check_interval=3 (every 3 batches) with trainer.accumulate_grad_batches=2 is not implemented",
+        ),
+    ],
+)
 def test_raw_refuses_a_val_check_interval_it_cannot_follow(tmp_path, overrides, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         train("raw", tmp_path, overrides)
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("trainer.fast_dev_run=-1", "trainer.fast_dev_run=-1 is not valid: false, true (1 batch) or a whole number"),
-    ("trainer.fast_dev_run=0.5", "trainer.fast_dev_run=0.5 is not valid"),
-    ("trainer.overfit_batches=-1", "trainer.overfit_batches=-1 is not valid: 0 (off), a whole number of batches"),
-    ("trainer.overfit_batches=1.5", "trainer.overfit_batches=1.5 is not valid"),
-    ("trainer.val_check_interval=0", "trainer.val_check_interval=0 is not valid: null (at the end of each epoch)"),
-    ("trainer.val_check_interval=1.5", "trainer.val_check_interval=1.5 is not valid"),
-    ("trainer.profiler=fast", "trainer.profiler=fast is not valid: null (off), pytorch"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.fast_dev_run=-1", "trainer.fast_dev_run=-1 is not valid: false, true (1 batch) or a whole number"),
+        ("trainer.fast_dev_run=0.5", "trainer.fast_dev_run=0.5 is not valid"),
+        ("trainer.overfit_batches=-1", "trainer.overfit_batches=-1 is not valid: 0 (off), a whole number of batches"),
+        ("trainer.overfit_batches=1.5", "trainer.overfit_batches=1.5 is not valid"),
+        ("trainer.val_check_interval=0", "trainer.val_check_interval=0 is not valid: null (at the end of each epoch)"),
+        ("trainer.val_check_interval=1.5", "trainer.val_check_interval=1.5 is not valid"),
+        ("trainer.profiler=fast", "trainer.profiler=fast is not valid: null (off), pytorch"),
+    ],
+)
 def test_a_bad_debugging_value_is_one_line(override, message):
     with pytest.raises(UserError) as refused:
         validate(compose_train([override]))

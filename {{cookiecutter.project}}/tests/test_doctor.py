@@ -6,8 +6,13 @@ import sys
 
 
 def test_doctor_passes_and_checks_the_cpu(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "{{ cookiecutter.package }}.doctor"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "{{ cookiecutter.package }}.doctor"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "cpu: matmul+backward ok" in result.stdout
     for name in ("torch", "torchvision", "lightning", "hydra", "torchmetrics", "tensorboard"):

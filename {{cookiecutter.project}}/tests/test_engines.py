@@ -22,16 +22,35 @@ from {{ cookiecutter.package }}.models import build_model
 # Documented in README.md ("Outputs"): the same in both engines.
 TAGS = {"train/loss", "val/loss", "val/acc", "test/acc", "test/loss", "lr"}
 METRICS_KEYS = {
-    "engine", "seed", "processes", "device", "epochs", "global_step", "train/loss", "val/loss", "val/acc",
-    "best_score", "monitor", "test/loss", "test/acc", "epoch_times_s", "startup_s", "wall_time_s", "peak_rss_mb",
-    "peak_cuda_mb", "run_dir", "tags", "weights_from",
+    "engine",
+    "seed",
+    "processes",
+    "device",
+    "epochs",
+    "global_step",
+    "train/loss",
+    "val/loss",
+    "val/acc",
+    "best_score",
+    "monitor",
+    "test/loss",
+    "test/acc",
+    "epoch_times_s",
+    "startup_s",
+    "wall_time_s",
+    "peak_rss_mb",
+    "peak_cuda_mb",
+    "run_dir",
+    "tags",
+    "weights_from",
 }
 
 
 def imported_modules(importtime_stderr: str) -> set[str]:
     """Module names from `python -X importtime` output."""
-    return {line.rsplit("|", 1)[-1].strip() for line in importtime_stderr.splitlines()
-            if line.startswith("import time:")}
+    return {
+        line.rsplit("|", 1)[-1].strip() for line in importtime_stderr.splitlines() if line.startswith("import time:")
+    }
 
 
 @pytest.mark.slow
@@ -77,21 +96,30 @@ def test_both_engines_print_the_same_console(short_runs):
     number = re.compile(r"-?\d+\.\d+")
 
     def console(engine: str) -> tuple[list[str], list[float]]:
-        lines = [re.sub(r" run=\S+", "", line).replace(f"engine={engine}", "engine=E")
-                 for line in results[engine].stdout.splitlines()]
+        lines = [
+            re.sub(r" run=\S+", "", line).replace(f"engine={engine}", "engine=E")
+            for line in results[engine].stdout.splitlines()
+        ]
         lines = [re.sub(r"wall=\S+", "wall=W", line) for line in lines]
         return [number.sub("N", line) for line in lines], [float(x) for line in lines for x in number.findall(line)]
 
     (raw_lines, raw_values), (lit_lines, lit_values) = console("raw"), console("lightning")
     assert raw_lines == lit_lines
-    assert raw_lines == [*(f"epoch {epoch}: train/loss N  val/loss N  val/acc N" for epoch in range(2)),
-                         "engine=E test/acc=N wall=W"]
+    assert raw_lines == [
+        *(f"epoch {epoch}: train/loss N  val/loss N  val/acc N" for epoch in range(2)),
+        "engine=E test/acc=N wall=W",
+    ]
     assert raw_values == pytest.approx(lit_values, abs=1e-4)
 
 
 def test_help_answers_without_importing_torch():
-    result = subprocess.run([sys.executable, "-X", "importtime", "train.py", "--help"], cwd=PROJECT_ROOT,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "train.py", "--help"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0
     assert "engine: lightning, raw" in result.stdout
     assert "torch" not in imported_modules(result.stderr)
@@ -101,9 +129,16 @@ def test_help_answers_without_importing_torch():
 def test_gpu_on_a_machine_without_one_names_the_fix_and_leaves_no_folder(log_dir):
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU")
-    runs = [subprocess.Popen([sys.executable, "train.py", f"paths.log_dir={log_dir}", "engine=raw", "trainer=gpu"],
-                             cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for _ in range(2)]
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "train.py", f"paths.log_dir={log_dir}", "engine=raw", "trainer=gpu"],
+            cwd=PROJECT_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     for run in runs:
         _, stderr = run.communicate(timeout=120)
         assert run.returncode == 1
@@ -162,10 +197,19 @@ def test_unsafe_checkpoint_is_refused(tmp_path):
 def test_lightning_engine_honours_early_stopping_grad_norm_and_anomaly_mode(tmp_path):
     from {{ cookiecutter.package }}.engines import lightning as lightning_engine
 
-    cfg = compose_train(["engine=lightning", "callbacks=early_stopping", "callbacks.early_stopping.patience=1",
-                         "callbacks.early_stopping.min_delta=100", "trainer.max_epochs=10",
-                         "trainer.limit_train_batches=3", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-                         "trainer.log_every_n_steps=2"])
+    cfg = compose_train(
+        [
+            "engine=lightning",
+            "callbacks=early_stopping",
+            "callbacks.early_stopping.patience=1",
+            "callbacks.early_stopping.min_delta=100",
+            "trainer.max_epochs=10",
+            "trainer.limit_train_batches=3",
+            "trainer.limit_val_batches=1",
+            "trainer.limit_test_batches=1",
+            "trainer.log_every_n_steps=2",
+        ]
+    )
     metrics = lightning_engine.fit(cfg, tmp_path)
     assert metrics["epochs"] == 2  # as engine=raw: the second validation cannot improve by 100
     events = EventAccumulator(str(tmp_path / "tensorboard"))
@@ -177,10 +221,21 @@ def test_lightning_engine_honours_early_stopping_grad_norm_and_anomaly_mode(tmp_
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["raw", "lightning"])
 def test_sigterm_saves_last_ckpt_exits_nonzero_and_resumes_in_the_same_folder(log_dir, engine):
-    command = [sys.executable, "train.py", f"paths.log_dir={log_dir}", f"engine={engine}", "scheduler=cosine",
-               "trainer.enable_progress_bar=false"]
-    run = subprocess.Popen([*command, "trainer.max_epochs=1000"], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+    command = [
+        sys.executable,
+        "train.py",
+        f"paths.log_dir={log_dir}",
+        f"engine={engine}",
+        "scheduler=cosine",
+        "trainer.enable_progress_bar=false",
+    ]
+    run = subprocess.Popen(
+        [*command, "trainer.max_epochs=1000"],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not list(log_dir.glob(f"train/{engine}/*/checkpoints/last.ckpt")):  # training is under way
         assert run.poll() is None and time.monotonic() < deadline, run.communicate()
@@ -193,9 +248,11 @@ def test_sigterm_saves_last_ckpt_exits_nonzero_and_resumes_in_the_same_folder(lo
     assert stopped.startswith("stopped by SIGTERM at epoch ")
     assert stopped.endswith(f"saved {run_dir}/checkpoints/last.ckpt")
     # The hint repeats the run's own overrides (scheduler=cosine, ...), so that running it resumes this run.
-    assert hint == (f"Resume with: python train.py paths.log_dir={log_dir} engine={engine} scheduler=cosine "
-                    f"trainer.enable_progress_bar=false trainer.max_epochs=1000 "
-                    f"ckpt_path={run_dir}/checkpoints/last.ckpt")
+    assert hint == (
+        f"Resume with: python train.py paths.log_dir={log_dir} engine={engine} scheduler=cosine "
+        f"trainer.enable_progress_bar=false trainer.max_epochs=1000 "
+        f"ckpt_path={run_dir}/checkpoints/last.ckpt"
+    )
 
     def progress() -> tuple[int, int]:  # (epoch, global step) of last.ckpt, in either engine's layout
         state = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
@@ -203,9 +260,17 @@ def test_sigterm_saves_last_ckpt_exits_nonzero_and_resumes_in_the_same_folder(lo
         return state["epoch"], state["global_step"]
 
     stopped_epoch, stopped_step = progress()
-    resumed = subprocess.run([sys.executable, *shlex.split(hint.removeprefix("Resume with: python ")),
-                              f"trainer.max_epochs={stopped_epoch + 2}"],  # the hint, stopping sooner
-                             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            *shlex.split(hint.removeprefix("Resume with: python ")),
+            f"trainer.max_epochs={stopped_epoch + 2}",
+        ],  # the hint, stopping sooner
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert run_dirs(log_dir, engine) == [run_dir]  # continued in its own folder
     assert progress()[1] > stopped_step

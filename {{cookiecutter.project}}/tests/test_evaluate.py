@@ -39,8 +39,11 @@ def compose_eval(overrides: list[str]) -> DictConfig:
 
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file under `folder` (hidden ones too) and a hash of its bytes."""
-    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(folder.rglob("*")) if path.is_file()}
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
 
 
 def eval_run(log_dir: Path) -> Path:
@@ -67,8 +70,12 @@ def evaluations(trained, tmp_path_factory) -> dict:
         written, engine = pair
         log_dir = tmp_path_factory.mktemp(f"eval_{written}_by_{engine}") / "logs"
         flags = ("-X", "importtime") if engine == "raw" else ()
-        return log_dir, run_evaluate(log_dir, f"engine={engine}",
-                                     f"ckpt_path={trained[written] / 'checkpoints' / 'best.ckpt'}", python_flags=flags)
+        return log_dir, run_evaluate(
+            log_dir,
+            f"engine={engine}",
+            f"ckpt_path={trained[written] / 'checkpoints' / 'best.ckpt'}",
+            python_flags=flags,
+        )
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = dict(zip(MATRIX, pool.map(evaluate, MATRIX), strict=True))
@@ -124,9 +131,16 @@ def test_last_evaluates_the_newest_runs_last_checkpoint_on_the_val_split(trained
 
 def test_overrides_change_the_training_runs_config(tmp_path):
     """Keys on the command line change the training config; the rest is the run's (here its limit_test_batches)."""
-    trained = OmegaConf.create({"seed": 7, "engine": {"name": "lightning"}, "paths": {"log_dir": "elsewhere"},
-                                "data": {"batch_size": 64, "val_fraction": 0.2}, "model": {"channels": [32, 64]},
-                                "trainer": {"limit_test_batches": 2, "devices": 2, "strategy": "ddp", "num_nodes": 1}})
+    trained = OmegaConf.create(
+        {
+            "seed": 7,
+            "engine": {"name": "lightning"},
+            "paths": {"log_dir": "elsewhere"},
+            "data": {"batch_size": 64, "val_fraction": 0.2},
+            "model": {"channels": [32, 64]},
+            "trainer": {"limit_test_batches": 2, "devices": 2, "strategy": "ddp", "num_nodes": 1},
+        }
+    )
     overrides = ["engine=raw", f"paths.log_dir={tmp_path}", "data.batch_size=256", "model.channels=[8]", "split=val"]
     cfg = compose_eval([*overrides, "ckpt_path=x"])
     merged = evaluation_config(trained, cfg, overrides, Path("x"))
@@ -158,8 +172,12 @@ def bad_files(trained, tmp_path_factory) -> dict[str, Path]:
     (files / "notes.ckpt").write_text("not a checkpoint\n")
     torch.save({"weights": torch.zeros(2)}, files / "other.ckpt")
     shutil.copy(trained["lightning"] / "checkpoints" / "best.ckpt", files / "moved.ckpt")
-    return {"text": files / "notes.ckpt", "other": files / "other.ckpt", "moved": files / "moved.ckpt",
-            "raw": trained["raw"] / "checkpoints" / "best.ckpt"}
+    return {
+        "text": files / "notes.ckpt",
+        "other": files / "other.ckpt",
+        "moved": files / "moved.ckpt",
+        "raw": trained["raw"] / "checkpoints" / "best.ckpt",
+    }
 
 
 @pytest.fixture(scope="module")

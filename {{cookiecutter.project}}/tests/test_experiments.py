@@ -33,8 +33,17 @@ def fake_dataset(name: str, root, monkeypatch) -> None:
 
 def compose_experiment(name: str, root, *overrides: str):
     """experiment=<name> on this machine's CPU, its data read from root without downloading."""
-    return compose_train([f"experiment={name}", "trainer=cpu", "trainer.precision=32-true", f"data.root={root}",
-                          "data.download=false", "data.num_workers=0", *overrides])
+    return compose_train(
+        [
+            f"experiment={name}",
+            "trainer=cpu",
+            "trainer.precision=32-true",
+            f"data.root={root}",
+            "data.download=false",
+            "data.num_workers=0",
+            *overrides,
+        ]
+    )
 
 
 def test_the_experiments_are_the_four_datasets_and_state_their_accuracy():
@@ -99,11 +108,19 @@ def cifar10_runs(tmp_path_factory):
     with pytest.MonkeyPatch.context() as monkeypatch:
         make_cifar(root / "data", monkeypatch)
         for engine in ("raw", "lightning"):
-            cfg = compose_experiment("cifar10", root / "data", f"engine={engine}", "data.batch_size=8",
-                                     "trainer.max_epochs=1", "trainer.limit_train_batches=3",
-                                     "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-                                     "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
-                                     "trainer.deterministic=true")
+            cfg = compose_experiment(
+                "cifar10",
+                root / "data",
+                f"engine={engine}",
+                "data.batch_size=8",
+                "trainer.max_epochs=1",
+                "trainer.limit_train_batches=3",
+                "trainer.limit_val_batches=1",
+                "trainer.limit_test_batches=1",
+                "trainer.log_every_n_steps=1",
+                "trainer.enable_progress_bar=false",
+                "trainer.deterministic=true",
+            )
             with contextlib.redirect_stdout(io.StringIO()):
                 runs[engine] = train(cfg, root / engine), root / engine
     return runs
@@ -178,13 +195,16 @@ def test_label_smoothing_changes_the_training_loss_only():
     assert losses[0.0] != losses[0.2]
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("tags=[ok,'two words']", "tags=[ok,two words] is not valid: a list of short labels"),
-    ("tags=cifar10", "tags=cifar10 is not valid: a list of short labels"),
-    ("data.augment.crop_padding=-1", "data.augment.crop_padding=-1 is not valid: a whole number of at least 0"),
-    ("data.augment.horizontal_flip=yes", "data.augment.horizontal_flip=yes is not valid: one of true, false"),
-    ("model.label_smoothing=1.0", "model.label_smoothing=1.0 is not valid: a fraction in [0.0, 1.0)"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("tags=[ok,'two words']", "tags=[ok,two words] is not valid: a list of short labels"),
+        ("tags=cifar10", "tags=cifar10 is not valid: a list of short labels"),
+        ("data.augment.crop_padding=-1", "data.augment.crop_padding=-1 is not valid: a whole number of at least 0"),
+        ("data.augment.horizontal_flip=yes", "data.augment.horizontal_flip=yes is not valid: one of true, false"),
+        ("model.label_smoothing=1.0", "model.label_smoothing=1.0 is not valid: a fraction in [0.0, 1.0)"),
+    ],
+)
 def test_bad_experiment_values_are_one_line(override, message):
     from {{ cookiecutter.package }}.errors import UserError
     from {{ cookiecutter.package }}.validation import validate

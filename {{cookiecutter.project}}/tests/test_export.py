@@ -29,9 +29,16 @@ def checkpoint_of(short_runs, engine: str) -> Path:
 
 def export_cfg(log_dir: Path, **keys):
     """configs/export.yaml's keys, as export.py gets them."""
-    return OmegaConf.create({"ckpt_path": None, "format": "torch_export", "engine": {"name": "raw"},
-                             "paths": {"log_dir": str(log_dir)}, "check": {"batch_size": 64, "tolerance": 1e-5},
-                             **keys})
+    return OmegaConf.create(
+        {
+            "ckpt_path": None,
+            "format": "torch_export",
+            "engine": {"name": "raw"},
+            "paths": {"log_dir": str(log_dir)},
+            "check": {"batch_size": 64, "tolerance": 1e-5},
+            **keys,
+        }
+    )
 
 
 def new_run_dir(log_dir: Path) -> Path:
@@ -92,8 +99,12 @@ def test_a_failed_check_is_one_line_and_leaves_nothing(short_runs, tmp_path):
     """ONNX Runtime's logits differ from PyTorch's by ~1e-7: a tolerance of 1e-12 refuses the export."""
     log_dir = tmp_path / "logs"
     run = new_run_dir(log_dir)
-    cfg = export_cfg(log_dir, ckpt_path=str(checkpoint_of(short_runs, "raw")), format="all",
-                     check={"batch_size": 16, "tolerance": 1e-12})
+    cfg = export_cfg(
+        log_dir,
+        ckpt_path=str(checkpoint_of(short_runs, "raw")),
+        format="all",
+        check={"batch_size": 16, "tolerance": 1e-12},
+    )
     with pytest.raises(UserError) as refusal:
         export(cfg, run)
     message = str(refusal.value)
@@ -115,10 +126,14 @@ def test_onnx_without_the_export_extra_names_it(short_runs, tmp_path, monkeypatc
 
 REFUSED = {
     "no ckpt_path": ({}, "ckpt_path is required"),
-    "unknown format": ({"ckpt_path": "x.ckpt", "format": "tflite"},
-                       "format=tflite is not valid: one of torch_export, onnx, all"),
-    "bad tolerance": ({"ckpt_path": "x.ckpt", "check": {"batch_size": 8, "tolerance": 0}},
-                      "check.tolerance=0 is not valid: a number above 0"),
+    "unknown format": (
+        {"ckpt_path": "x.ckpt", "format": "tflite"},
+        "format=tflite is not valid: one of torch_export, onnx, all",
+    ),
+    "bad tolerance": (
+        {"ckpt_path": "x.ckpt", "check": {"batch_size": 8, "tolerance": 0}},
+        "check.tolerance=0 is not valid: a number above 0",
+    ),
     "no such file": ({"ckpt_path": "missing.ckpt"}, "ckpt_path=missing.ckpt: no such checkpoint file"),
     "not a checkpoint": ({"ckpt_path": "{text}"}, "cannot be loaded safely"),
 }

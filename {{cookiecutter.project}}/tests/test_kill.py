@@ -26,9 +26,18 @@ KILLS = int(os.environ.get("KILL_FUZZ_KILLS", "2"))
 SEED = int(os.environ.get("KILL_FUZZ_SEED", str(random.SystemRandom().randrange(2**16))))
 # A model whose checkpoint (weights and Adam's state, about 13 MB) takes long enough to write to be caught in the
 # act; few batches per epoch, and epochs enough that every segment trains at least one before its kill.
-RUN = ["model=mlp", "model.hidden=[1024,1024]", "model.dropout=0.3", "scheduler=cosine",
-       f"trainer.max_epochs={3 * KILLS + 3}", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2",
-       "trainer.limit_test_batches=2", "trainer.deterministic=true", "trainer.enable_progress_bar=false"]
+RUN = [
+    "model=mlp",
+    "model.hidden=[1024,1024]",
+    "model.dropout=0.3",
+    "scheduler=cosine",
+    f"trainer.max_epochs={3 * KILLS + 3}",
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.deterministic=true",
+    "trainer.enable_progress_bar=false",
+]
 
 
 def other_filesystem(path: Path) -> Path | None:
@@ -43,9 +52,14 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def train(log_dir: Path, engine: str, tmpdir: Path, *overrides: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "train.py", f"paths.log_dir={log_dir}", f"engine={engine}", *RUN,
-                             *overrides], cwd=PROJECT_ROOT, env={**os.environ, "TMPDIR": str(tmpdir), **ONE_THREAD},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "train.py", f"paths.log_dir={log_dir}", f"engine={engine}", *RUN, *overrides],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "TMPDIR": str(tmpdir), **ONE_THREAD},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def lines_of(process: subprocess.Popen) -> "queue.Queue[str | None]":
@@ -64,14 +78,18 @@ def writing(checkpoints: Path) -> bool:
     return any(checkpoints.glob(".*.ckpt.*.tmp"))
 
 
-def kill_during_training(process: subprocess.Popen, checkpoints: Path, inside_write: bool, delay: float,
-                         output: list[str]) -> bool:
+def kill_during_training(
+    process: subprocess.Popen, checkpoints: Path, inside_write: bool, delay: float, output: list[str]
+) -> bool:
     """Wait for this process's first epoch line (it trained) and a last.ckpt, then SIGKILL it: `delay` seconds later,
     or as soon as a checkpoint's temporary file appears. Returns whether the kill caught a write (its temporary file
     stayed)."""
     lines, deadline, trained, seen_epoch = lines_of(process), time.monotonic() + 600, None, False
-    while trained is None or (inside_write and not writing(checkpoints)) or \
-            (not inside_write and time.monotonic() < trained + delay):
+    while (
+        trained is None
+        or (inside_write and not writing(checkpoints))
+        or (not inside_write and time.monotonic() < trained + delay)
+    ):
         assert process.poll() is None, "finished before its kill: raise trainer.max_epochs\n" + "".join(output)
         assert time.monotonic() < deadline, "".join(output)
         try:
@@ -107,8 +125,10 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path, engine, tmpdir_on):
         process = train(log_dir, engine, tmpdir, *resume)
         inside_write = kill % 2 == 1
         checkpoints = tmp_path / "wait-for-the-run-folder"
-        output.append(f"--- kill {kill} ({'inside a write' if inside_write else 'at a random moment'}, "
-                      f"KILL_FUZZ_SEED={SEED}) ---\n")
+        output.append(
+            f"--- kill {kill} ({'inside a write' if inside_write else 'at a random moment'}, "
+            f"KILL_FUZZ_SEED={SEED}) ---\n"
+        )
         while not run_dirs(log_dir, engine):  # the folder of the first segment
             assert process.poll() is None, process.stdout.read()
             time.sleep(0.01)
@@ -120,8 +140,12 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path, engine, tmpdir_on):
     [run_dir] = run_dirs(log_dir, engine)
     finished = train(log_dir, engine, tmpdir, f"ckpt_path={run_dir}/checkpoints/last.ckpt")
     finished_output = finished.communicate(timeout=600)[0]
-    output += ["--- the last resume, to the end ---\n", finished_output,
-               "--- the uninterrupted run ---\n", straight_output]
+    output += [
+        "--- the last resume, to the end ---\n",
+        finished_output,
+        "--- the uninterrupted run ---\n",
+        straight_output,
+    ]
     assert finished.returncode == 0, "".join(output)
     assert not writing(run_dir / "checkpoints"), "a temporary file of a killed write was left behind"
     expected = model_state_dict(load_checkpoint(straight_run / "checkpoints" / "last.ckpt"))

@@ -20,8 +20,12 @@ EXPECTED_KEYS = {"train/loss", "train/grad_norm", "lr", "epoch", "val/loss", "va
 
 def from_csv(run_dir: Path) -> Logged:
     with (run_dir / "csv" / "metrics.csv").open(newline="") as file:
-        return {(key, int(row["step"])): float(value) for row in csv.DictReader(file)
-                for key, value in row.items() if key != "step" and value != ""}
+        return {
+            (key, int(row["step"])): float(value)
+            for row in csv.DictReader(file)
+            for key, value in row.items()
+            if key != "step" and value != ""
+        }
 
 
 def mlflow_run(run_dir: Path, log_dir: Path):
@@ -33,8 +37,11 @@ def mlflow_run(run_dir: Path, log_dir: Path):
 
 def from_mlflow(run_dir: Path, log_dir: Path) -> Logged:
     client, run = mlflow_run(run_dir, log_dir)
-    return {(key, metric.step): metric.value for key in run.data.metrics
-            for metric in client.get_metric_history(run.info.run_id, key)}
+    return {
+        (key, metric.step): metric.value
+        for key in run.data.metrics
+        for metric in client.get_metric_history(run.info.run_id, key)
+    }
 
 
 def wandb_records(run_dir: Path) -> list:
@@ -50,8 +57,8 @@ def wandb_records(run_dir: Path) -> list:
         if 32768 - position % 32768 < 7:  # no room for a chunk header: the block's padding
             position += 32768 - position % 32768
             continue
-        _, length, kind = struct.unpack("<IHB", data[position:position + 7])
-        pending += data[position + 7:position + 7 + length]
+        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        pending += data[position + 7 : position + 7 + length]
         position += 7 + length
         if kind in (1, 4):  # a whole record, or the last chunk of one
             record = wandb_internal_pb2.Record()
@@ -72,8 +79,12 @@ def from_wandb(run_dir: Path) -> Logged:
 
 
 def wandb_config(run_dir: Path) -> dict:
-    return {item.key: json.loads(item.value_json) for record in wandb_records(run_dir)
-            if record.WhichOneof("record_type") == "config" for item in record.config.update}
+    return {
+        item.key: json.loads(item.value_json)
+        for record in wandb_records(run_dir)
+        if record.WhichOneof("record_type") == "config"
+        for item in record.config.update
+    }
 
 
 def assert_same_logs(raw: Logged, lightning: Logged) -> None:

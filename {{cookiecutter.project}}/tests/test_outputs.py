@@ -37,11 +37,21 @@ def test_a_checkpoint_write_that_fails_is_one_line_and_keeps_the_previous_files(
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     monkeypatch.setattr(checkpoint.torch, "save", disk_full)
     with pytest.raises(UserError) as failed:
-        quiet_train([f"engine={engine}", "scheduler=cosine", *SHORT_RUN, "trainer.max_epochs=3",
-                     f"ckpt_path={folder / 'last.ckpt'}"], tmp_path / "run")
+        quiet_train(
+            [
+                f"engine={engine}",
+                "scheduler=cosine",
+                *SHORT_RUN,
+                "trainer.max_epochs=3",
+                f"ckpt_path={folder / 'last.ckpt'}",
+            ],
+            tmp_path / "run",
+        )
     name = str(failed.value).split("/")[-1].split()[0]
-    assert str(failed.value) == (f"cannot write checkpoint {folder / name} (No space left on device): free disk space "
-                                 f"or fix the folder's permissions; the previous {name}, if any, is unchanged")
+    assert str(failed.value) == (
+        f"cannot write checkpoint {folder / name} (No space left on device): free disk space "
+        f"or fix the folder's permissions; the previous {name}, if any, is unchanged"
+    )
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # no temporary file either
     assert all(load_checkpoint(folder / name) for name in before)
 
@@ -50,8 +60,11 @@ def test_a_checkpoint_write_that_fails_is_one_line_and_keeps_the_previous_files(
 def test_outputs_that_cannot_be_written_are_one_line_before_any_work(tmp_path, engine):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "checkpoints").write_text("a file where the checkpoints folder goes")
-    with pytest.raises(UserError, match=r"^checkpoints cannot be written to .*/run/checkpoints \(File exists\): "
-                                        "make it a writable folder, or choose another paths.log_dir$"):
+    with pytest.raises(
+        UserError,
+        match=r"^checkpoints cannot be written to .*/run/checkpoints \(File exists\): "
+        "make it a writable folder, or choose another paths.log_dir$",
+    ):
         quiet_train([f"engine={engine}", *SHORT_RUN], tmp_path / "run")
     (tmp_path / "run" / "checkpoints").unlink()
     (tmp_path / "run" / "tensorboard").write_text("a file where the TensorBoard folder goes")
@@ -74,22 +87,33 @@ def test_temporary_files_of_a_killed_write_are_removed_when_the_run_resumes(tmp_
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_one_cycle_plan_with_an_empty_phase_is_one_line_before_any_work(tmp_path, engine):
     """4 steps with pct_start=0.25: torch's OneCycleLR would divide by zero when it is built."""
-    with pytest.raises(UserError, match=r"^scheduler.pct_start=0.25 over 4 optimizer steps gives OneCycleLR a phase "
-                                        r"of no steps \(it would divide by zero\): use another scheduler.pct_start"):
-        quiet_train([f"engine={engine}", "scheduler=onecycle", "trainer.max_epochs=1", "trainer.limit_train_batches=4"],
-                    tmp_path / "run")
+    with pytest.raises(
+        UserError,
+        match=r"^scheduler.pct_start=0.25 over 4 optimizer steps gives OneCycleLR a phase "
+        r"of no steps \(it would divide by zero\): use another scheduler.pct_start",
+    ):
+        quiet_train(
+            [f"engine={engine}", "scheduler=onecycle", "trainer.max_epochs=1", "trainer.limit_train_batches=4"],
+            tmp_path / "run",
+        )
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 @pytest.mark.slow
 def test_a_log_dir_that_is_a_file_is_one_line(tmp_path):
     (tmp_path / "logs").write_text("a file")
-    result = subprocess.run([sys.executable, "train.py", f"paths.log_dir={tmp_path / 'logs'}"], cwd=PROJECT_ROOT,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "train.py", f"paths.log_dir={tmp_path / 'logs'}"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"error: paths.log_dir: run folders go under {tmp_path}/logs/train/lightning, but {tmp_path}/logs is a file, "
-        "not a folder: choose another paths.log_dir or fix that path"]
+        "not a folder: choose another paths.log_dir or fix that path"
+    ]
 
 
 @pytest.mark.slow
@@ -100,7 +124,8 @@ def test_a_failed_resume_leaves_the_run_as_it_was(log_dir):
     [run_dir] = run_dirs(log_dir, "raw")
     before = {p.name: p.read_bytes() for p in [*(run_dir / ".hydra").iterdir(), *(run_dir / "checkpoints").iterdir()]}
     refused = run_train(log_dir, "engine=raw", "model=cnn", *SHORT_RUN, "ckpt_path=last")
-    assert refused.returncode == 1 and refused.stderr.startswith(f"error: ckpt_path={run_dir}/checkpoints/last.ckpt "
-                                                                 "holds the weights of another model"), refused.stderr
+    assert refused.returncode == 1 and refused.stderr.startswith(
+        f"error: ckpt_path={run_dir}/checkpoints/last.ckpt holds the weights of another model"
+    ), refused.stderr
     after = {p.name: p.read_bytes() for p in [*(run_dir / ".hydra").iterdir(), *(run_dir / "checkpoints").iterdir()]}
     assert after == before

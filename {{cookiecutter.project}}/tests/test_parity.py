@@ -27,9 +27,15 @@ from {{ cookiecutter.package }}.launch import seed_everything
 from {{ cookiecutter.package }}.models import build_model
 
 ENGINES = {"raw": raw_engine.fit, "lightning": lightning_engine.fit}
-BASE = ["trainer.max_epochs=2", "trainer.limit_train_batches=6", "trainer.limit_val_batches=2",
-        "trainer.limit_test_batches=2", "trainer.log_every_n_steps=1", "trainer.deterministic=true",
-        "trainer.enable_progress_bar=false"]
+BASE = [
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=6",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.log_every_n_steps=1",
+    "trainer.deterministic=true",
+    "trainer.enable_progress_bar=false",
+]
 
 
 def train(engine, run_dir, overrides, ckpt_path=None):
@@ -49,11 +55,19 @@ CASES = {
     "sgd-onecycle": ["optimizer=sgd", "scheduler=onecycle"],
     "adam-none": ["optimizer=adam", "scheduler=none"],
     "adam-onecycle": ["optimizer=adam", "scheduler=onecycle"],
-    "sgd-cosine-clip-accumulate": ["optimizer=sgd", "scheduler=cosine", "trainer.gradient_clip_val=0.5",
-                                   "trainer.accumulate_grad_batches=4"],
+    "sgd-cosine-clip-accumulate": [
+        "optimizer=sgd",
+        "scheduler=cosine",
+        "trainer.gradient_clip_val=0.5",
+        "trainer.accumulate_grad_batches=4",
+    ],
     # Logged every third step, stopped by max_steps in the middle of the second epoch.
-    "adam-log-every-3-max-steps": ["optimizer=adam", "scheduler=none", "trainer.log_every_n_steps=3",
-                                   "trainer.max_steps=10"],
+    "adam-log-every-3-max-steps": [
+        "optimizer=adam",
+        "scheduler=none",
+        "trainer.log_every_n_steps=3",
+        "trainer.max_steps=10",
+    ],
 }
 
 
@@ -76,8 +90,12 @@ def stopped_and_resumed(engine, tmp_path, common, stopped_epochs, epochs) -> dic
     Returns the resumed run's metrics."""
     train(engine, tmp_path / "straight", [*common, f"trainer.max_epochs={epochs}"])
     train(engine, tmp_path / "resumed", [*common, f"trainer.max_epochs={stopped_epochs}"])
-    return train(engine, tmp_path / "resumed", [*common, f"trainer.max_epochs={epochs}"],
-                 ckpt_path=tmp_path / "resumed" / "checkpoints" / "last.ckpt")[1]
+    return train(
+        engine,
+        tmp_path / "resumed",
+        [*common, f"trainer.max_epochs={epochs}"],
+        ckpt_path=tmp_path / "resumed" / "checkpoints" / "last.ckpt",
+    )[1]
 
 
 def differing_weights(tmp_path) -> list[str]:
@@ -97,9 +115,12 @@ def test_resume_is_exact(tmp_path, engine):
 
 # Step 9 is batch 3 of epoch 1, step 12 its last: the run stops after the step's validation (val_check_interval=3
 # has one after batch 3) and, at the epoch's last step, after the epoch's end (epoch 2 then).
-STOPS = {"SIGTERM": (signal.SIGTERM, 9, 1, []), "SIGINT": (signal.SIGINT, 9, 1, []),
-         "SIGTERM-before-validation": (signal.SIGTERM, 9, 1, ["trainer.val_check_interval=3"]),
-         "SIGTERM-last-batch": (signal.SIGTERM, 12, 2, [])}
+STOPS = {
+    "SIGTERM": (signal.SIGTERM, 9, 1, []),
+    "SIGINT": (signal.SIGINT, 9, 1, []),
+    "SIGTERM-before-validation": (signal.SIGTERM, 9, 1, ["trainer.val_check_interval=3"]),
+    "SIGTERM-last-batch": (signal.SIGTERM, 12, 2, []),
+}
 
 
 @pytest.mark.parametrize(("signum", "step", "epoch", "overrides"), STOPS.values(), ids=STOPS)
@@ -151,15 +172,17 @@ def test_weights_are_interchangeable(tmp_path):
 
     lightning_weights_in_raw = build_model(cfg.model)
     lightning_weights_in_raw.load_state_dict(weights(tmp_path / "lightning", "best.ckpt"))
-    tested = raw_engine.evaluation_loop(lightning_weights_in_raw, data.test_dataloader(), 2, torch.device("cpu"),
-                                        raw_engine.PRECISIONS["32-true"])
+    tested = raw_engine.evaluation_loop(
+        lightning_weights_in_raw, data.test_dataloader(), 2, torch.device("cpu"), raw_engine.PRECISIONS["32-true"]
+    )
     assert tested["acc"] == results["lightning"]["test/acc"]
 
     raw_weights_in_lightning = lightning_engine.Classifier(build_model(cfg.model), cfg)
     raw_weights_in_lightning.model.load_state_dict(weights(tmp_path / "raw", "best.ckpt"))
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, limit_test_batches=2)
-    [tested] = trainer.test(raw_weights_in_lightning, datamodule=lightning_engine.DataModule(cfg.data, cfg.seed),
-                            verbose=False)
+    [tested] = trainer.test(
+        raw_weights_in_lightning, datamodule=lightning_engine.DataModule(cfg.data, cfg.seed), verbose=False
+    )
     assert tested["test/acc"] == results["raw"]["test/acc"]
 
 
@@ -167,13 +190,21 @@ def test_weights_are_interchangeable(tmp_path):
 def test_output_layout_is_the_same_in_both_engines(log_dir):
     layouts, tags, keys = {}, {}, {}
     for engine in ENGINES:
-        result = subprocess.run([sys.executable, "train.py", f"paths.log_dir={log_dir}", f"engine={engine}", *BASE],
-                                cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [sys.executable, "train.py", f"paths.log_dir={log_dir}", f"engine={engine}", *BASE],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert result.returncode == 0, result.stderr
         [run_dir] = run_dirs(log_dir, engine)
         # TensorBoard writes one events file per writer; Lightning opens a second one for trainer.test.
-        layouts[engine] = {re.sub(r"events\.out\.tfevents\..*", "events.out.tfevents.*",
-                                  p.relative_to(run_dir).as_posix()) for p in run_dir.rglob("*") if p.is_file()}
+        layouts[engine] = {
+            re.sub(r"events\.out\.tfevents\..*", "events.out.tfevents.*", p.relative_to(run_dir).as_posix())
+            for p in run_dir.rglob("*")
+            if p.is_file()
+        }
         tags[engine] = set(scalars(run_dir))
         keys[engine] = set(json.loads((run_dir / "metrics.json").read_text()))
     assert layouts["raw"] == layouts["lightning"]
@@ -185,8 +216,9 @@ def test_non_finite_loss_stops_both_engines_with_the_same_message(tmp_path, monk
     from {{ cookiecutter.package }} import data as data_module
 
     real = data_module.load_digits_tensors
-    monkeypatch.setattr(data_module, "load_digits_tensors",
-                        lambda: (torch.full_like(real()[0], float("nan")), real()[1]))
+    monkeypatch.setattr(
+        data_module, "load_digits_tensors", lambda: (torch.full_like(real()[0], float("nan")), real()[1])
+    )
     with pytest.raises(UserError, match=r"non-finite at epoch 0, step 0: the inputs of that batch were not finite"):
         train(engine, tmp_path, [])
     assert not (tmp_path / "checkpoints" / "last.ckpt").exists()  # nothing broken was saved

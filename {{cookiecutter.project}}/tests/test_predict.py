@@ -43,8 +43,9 @@ def expected_probabilities(checkpoint: Path, images: torch.Tensor) -> np.ndarray
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("engine", ENGINES)
-def test_predictions_are_the_models_on_the_training_preprocessing(engine, kind, exports, short_runs, digit_inputs,
-                                                                  tmp_path, capsys):
+def test_predictions_are_the_models_on_the_training_preprocessing(
+    engine, kind, exports, short_runs, digit_inputs, tmp_path, capsys
+):
     path = model_file(exports, short_runs, engine, kind)
     results, refused = predict(predict_cfg(model_path=str(path), inputs=str(digit_inputs["folder"])), tmp_path)
     checkpoint = model_file(exports, short_runs, engine, "best.ckpt")
@@ -77,8 +78,9 @@ def test_predictions_are_the_models_on_the_training_preprocessing(engine, kind, 
 def test_csv_output_has_a_row_per_input_and_a_column_per_class(exports, short_runs, digit_inputs, tmp_path):
     output = tmp_path / "out" / "predictions.csv"
     path = model_file(exports, short_runs, "raw", "model.pt2")
-    results, _ = predict(predict_cfg(model_path=str(path), inputs=str(digit_inputs["pngs"][0]), output=str(output)),
-                         tmp_path)
+    results, _ = predict(
+        predict_cfg(model_path=str(path), inputs=str(digit_inputs["pngs"][0]), output=str(output)), tmp_path
+    )
     rows = list(csv.DictReader(output.open()))
     assert len(rows) == 1 and rows[0]["input"] == str(digit_inputs["pngs"][0])
     assert int(rows[0]["class"]) == results[0]["class"]
@@ -128,6 +130,7 @@ def test_predict_py_refuses_an_empty_folder_and_leaves_no_folder(exports, short_
     path = model_file(exports, short_runs, "raw", "model.pt2")
     result = run_script("predict.py", log_dir, f"model_path={path}", f"inputs={empty}")
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == (f"error: inputs={empty}: the folder holds no files; give a "
-                                                      "folder of images or .npy files")
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: inputs={empty}: the folder holds no files; give a folder of images or .npy files"
+    )
     assert not (log_dir / "predict").exists()

@@ -1,6 +1,5 @@
 """engine=raw does what the Lightning Trainer does for the same trainer config: one test per claim."""
 
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,11 +15,22 @@ from {{ cookiecutter.package }}.errors import UserError
 from {{ cookiecutter.package }}.launch import seed_everything
 from {{ cookiecutter.package }}.models import build_model
 
-QUICK = ["engine=raw", "trainer.enable_progress_bar=false", "trainer.limit_val_batches=1",
-         "trainer.limit_test_batches=1", "trainer.log_every_n_steps=1"]
+QUICK = [
+    "engine=raw",
+    "trainer.enable_progress_bar=false",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "trainer.log_every_n_steps=1",
+]
 # No dropout or batch norm: the hand-computed reference steps below match the engine's to float precision.
-PLAIN_SGD = ["model=mlp", "model.dropout=0.0", "optimizer=sgd", "optimizer.momentum=0.0", "optimizer.nesterov=false",
-             "scheduler=none"]
+PLAIN_SGD = [
+    "model=mlp",
+    "model.dropout=0.0",
+    "optimizer=sgd",
+    "optimizer.momentum=0.0",
+    "optimizer.nesterov=false",
+    "scheduler=none",
+]
 
 
 def train(tmp_path, *overrides, ckpt_path=None):
@@ -48,8 +58,9 @@ def reference_step(cfg, batch_size, clip=None):
     data.setup()
     loader = data.train_dataloader()
     loader.sampler.set_epoch(0)
-    inputs, targets = next(iter(torch.utils.data.DataLoader(loader.dataset, batch_size=batch_size,
-                                                            sampler=loader.sampler)))
+    inputs, targets = next(
+        iter(torch.utils.data.DataLoader(loader.dataset, batch_size=batch_size, sampler=loader.sampler))
+    )
     F.cross_entropy(model(inputs), targets).backward()
     if clip:
         clip(model.parameters())
@@ -61,21 +72,31 @@ def reference_step(cfg, batch_size, clip=None):
 
 @pytest.mark.parametrize("precision", ["32-true", "64-true", "bf16-mixed"])
 def test_each_cpu_precision_trains(tmp_path, precision):
-    _, metrics = train(tmp_path, "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-                       f"trainer.precision={precision}")
+    _, metrics = train(
+        tmp_path, "trainer.max_epochs=1", "trainer.limit_train_batches=2", f"trainer.precision={precision}"
+    )
     dtype = torch.float64 if precision == "64-true" else torch.float32
     assert all(w.dtype == dtype for w in last_weights(tmp_path).values() if w.is_floating_point())
     assert metrics["global_step"] == 2 and torch.isfinite(torch.tensor(metrics["train/loss"]))
 
 
-@pytest.mark.parametrize(("algorithm", "clip"), [
-    ("norm", lambda params: torch.nn.utils.clip_grad_norm_(params, 0.05)),
-    ("value", lambda params: torch.nn.utils.clip_grad_value_(params, 0.001)),
-])
+@pytest.mark.parametrize(
+    ("algorithm", "clip"),
+    [
+        ("norm", lambda params: torch.nn.utils.clip_grad_norm_(params, 0.05)),
+        ("value", lambda params: torch.nn.utils.clip_grad_value_(params, 0.001)),
+    ],
+)
 def test_clipping_changes_the_step_as_torch_clip_grad_does(tmp_path, algorithm, clip):
     value = 0.05 if algorithm == "norm" else 0.001
-    cfg, _ = train(tmp_path, *PLAIN_SGD, "trainer.max_epochs=1", "trainer.limit_train_batches=1",
-                   f"trainer.gradient_clip_val={value}", f"trainer.gradient_clip_algorithm={algorithm}")
+    cfg, _ = train(
+        tmp_path,
+        *PLAIN_SGD,
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=1",
+        f"trainer.gradient_clip_val={value}",
+        f"trainer.gradient_clip_algorithm={algorithm}",
+    )
     expected = reference_step(cfg, cfg.data.batch_size, clip)
     unclipped = reference_step(cfg, cfg.data.batch_size)
     got = last_weights(tmp_path)
@@ -84,30 +105,54 @@ def test_clipping_changes_the_step_as_torch_clip_grad_does(tmp_path, algorithm, 
 
 
 def test_accumulating_k_batches_equals_one_batch_k_times_larger(tmp_path):
-    train(tmp_path / "accumulated", *PLAIN_SGD, "trainer.max_epochs=1", "trainer.limit_train_batches=4",
-          "data.batch_size=16", "trainer.accumulate_grad_batches=4")
-    cfg, _ = train(tmp_path / "big", *PLAIN_SGD, "trainer.max_epochs=1", "trainer.limit_train_batches=1",
-                   "data.batch_size=64")
+    train(
+        tmp_path / "accumulated",
+        *PLAIN_SGD,
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=4",
+        "data.batch_size=16",
+        "trainer.accumulate_grad_batches=4",
+    )
+    cfg, _ = train(
+        tmp_path / "big", *PLAIN_SGD, "trainer.max_epochs=1", "trainer.limit_train_batches=1", "data.batch_size=64"
+    )
     accumulated, big = last_weights(tmp_path / "accumulated"), last_weights(tmp_path / "big")
     assert all(torch.allclose(accumulated[k], big[k], atol=1e-6) for k in big)
     assert all(torch.allclose(big[k], v, atol=1e-6) for k, v in reference_step(cfg, 64).items())
 
 
 def test_step_schedulers_step_per_optimizer_step_and_epoch_schedulers_per_epoch(tmp_path):
-    _, metrics = train(tmp_path / "onecycle", "scheduler=onecycle", "trainer.max_epochs=2",
-                       "trainer.limit_train_batches=5", "trainer.accumulate_grad_batches=2")
+    _, metrics = train(
+        tmp_path / "onecycle",
+        "scheduler=onecycle",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=5",
+        "trainer.accumulate_grad_batches=2",
+    )
     state = load_checkpoint(tmp_path / "onecycle" / "checkpoints" / "last.ckpt")["scheduler"]
     assert metrics["global_step"] == 2 * 3  # ceil(5 / 2) optimizer steps per epoch
     assert state["last_epoch"] == 6 and state["total_steps"] == 6
-    train(tmp_path / "step", "scheduler=step", "scheduler.step_size=1", "scheduler.gamma=0.5",
-          "trainer.max_epochs=3", "trainer.limit_train_batches=2")
+    train(
+        tmp_path / "step",
+        "scheduler=step",
+        "scheduler.step_size=1",
+        "scheduler.gamma=0.5",
+        "trainer.max_epochs=3",
+        "trainer.limit_train_batches=2",
+    )
     optimizer = load_checkpoint(tmp_path / "step" / "checkpoints" / "last.ckpt")["optimizer"]
     assert optimizer["param_groups"][0]["lr"] == pytest.approx(compose_train().optimizer.lr * 0.5**3)
 
 
 def test_plateau_reads_the_monitored_metric(tmp_path):
-    train(tmp_path, "scheduler=plateau", "scheduler.mode=max", "scheduler.monitor=val/loss", "trainer.max_epochs=3",
-          "trainer.limit_train_batches=2")
+    train(
+        tmp_path,
+        "scheduler=plateau",
+        "scheduler.mode=max",
+        "scheduler.monitor=val/loss",
+        "trainer.max_epochs=3",
+        "trainer.limit_train_batches=2",
+    )
     state = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["scheduler"]
     val_losses = [event.value for event in scalars(tmp_path, "val/loss")]
     assert len(val_losses) == 3 and state["last_epoch"] == 3
@@ -116,12 +161,21 @@ def test_plateau_reads_the_monitored_metric(tmp_path):
 
 def test_resume_is_exact(tmp_path):
     """4 epochs straight == 2 epochs, stop, resume to 4: bitwise, with shuffling, dropout and a scheduler."""
-    common = ["model=mlp", "model.dropout=0.3", "scheduler=cosine", "scheduler.T_max=4",
-              "trainer.limit_train_batches=6"]
+    common = [
+        "model=mlp",
+        "model.dropout=0.3",
+        "scheduler=cosine",
+        "scheduler.T_max=4",
+        "trainer.limit_train_batches=6",
+    ]
     train(tmp_path / "straight", *common, "trainer.max_epochs=4")
     train(tmp_path / "resumed", *common, "trainer.max_epochs=2")
-    _, metrics = train(tmp_path / "resumed", *common, "trainer.max_epochs=4",
-                       ckpt_path=tmp_path / "resumed" / "checkpoints" / "last.ckpt")
+    _, metrics = train(
+        tmp_path / "resumed",
+        *common,
+        "trainer.max_epochs=4",
+        ckpt_path=tmp_path / "resumed" / "checkpoints" / "last.ckpt",
+    )
     straight = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.ckpt")
     resumed = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
     assert metrics["epochs"] == 4 and resumed["progress"]["global_step"] == 4 * 6
@@ -156,34 +210,51 @@ def test_non_finite_inputs_stop_with_epoch_and_step_and_keep_the_last_good_state
     train(tmp_path, *common, "trainer.max_epochs=1")
     good = (tmp_path / "checkpoints" / "last.ckpt").read_bytes()
     real = data_module.load_digits_tensors
-    monkeypatch.setattr(data_module, "load_digits_tensors",
-                        lambda: (torch.full_like(real()[0], float("nan")), real()[1]))
+    monkeypatch.setattr(
+        data_module, "load_digits_tensors", lambda: (torch.full_like(real()[0], float("nan")), real()[1])
+    )
     with pytest.raises(UserError, match=r"non-finite at epoch 1, step 3: the inputs of that batch were not finite"):
         train(tmp_path, *common, "trainer.max_epochs=2", ckpt_path=tmp_path / "checkpoints" / "last.ckpt")
     assert (tmp_path / "checkpoints" / "last.ckpt").read_bytes() == good
 
 
 def test_diverging_parameters_are_named(tmp_path):
-    with pytest.raises(UserError, match=r"non-finite at epoch 0, step \d+: the inputs were finite; the parameters "
-                                        r"are now not finite"):
-        train(tmp_path, "model=mlp", "optimizer=sgd", "optimizer.lr=1e30", "scheduler=none",
-              "trainer.max_epochs=1", "trainer.limit_train_batches=10")
+    with pytest.raises(
+        UserError,
+        match=r"non-finite at epoch 0, step \d+: the inputs were finite; the parameters "
+        r"are now not finite",
+    ):
+        train(
+            tmp_path,
+            "model=mlp",
+            "optimizer=sgd",
+            "optimizer.lr=1e30",
+            "scheduler=none",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=10",
+        )
     assert not (tmp_path / "checkpoints" / "last.ckpt").exists()
 
 
 def test_anomaly_mode_names_the_failing_operation(tmp_path, monkeypatch):
     real = data_module.load_digits_tensors
-    monkeypatch.setattr(data_module, "load_digits_tensors",
-                        lambda: (torch.full_like(real()[0], float("nan")), real()[1]))
+    monkeypatch.setattr(
+        data_module, "load_digits_tensors", lambda: (torch.full_like(real()[0], float("nan")), real()[1])
+    )
     with pytest.raises(RuntimeError, match=r"Function '\w+Backward\d*' returned nan values"):
         train(tmp_path, "debug=anomaly", "trainer.max_epochs=1", "trainer.limit_train_batches=1")
     torch.autograd.set_detect_anomaly(False)
 
 
 def test_early_stopping_stops_and_resumes_with_its_state(tmp_path):
-    _, metrics = train(tmp_path, "callbacks=early_stopping", "callbacks.early_stopping.patience=1",
-                       "callbacks.early_stopping.min_delta=100", "trainer.max_epochs=10",
-                       "trainer.limit_train_batches=2")
+    _, metrics = train(
+        tmp_path,
+        "callbacks=early_stopping",
+        "callbacks.early_stopping.patience=1",
+        "callbacks.early_stopping.min_delta=100",
+        "trainer.max_epochs=10",
+        "trainer.limit_train_batches=2",
+    )
     assert metrics["epochs"] == 2  # the first validation sets the best; the second cannot improve by 100
     state = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["early_stopping"]
     assert state["should_stop"] and state["wait"] == 1

@@ -19,13 +19,21 @@ from optuna.trial import TrialState
 from {{ cookiecutter.package }}.errors import UserError
 from {{ cookiecutter.package }}.hparam_search import check_space
 
-TRIAL = ("trainer.max_epochs=1 trainer.limit_train_batches=3 trainer.limit_val_batches=2 trainer.limit_test_batches=2 "
-         "logger=none trainer.enable_progress_bar=false")
+TRIAL = (
+    "trainer.max_epochs=1 trainer.limit_train_batches=3 trainer.limit_val_batches=2 trainer.limit_test_batches=2 "
+    "logger=none trainer.enable_progress_bar=false"
+)
 
 
 def search(log_dir: Path, *overrides: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "search.py", f"paths.log_dir={log_dir}", *overrides], cwd=PROJECT_ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "search.py", f"paths.log_dir={log_dir}", *overrides],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def study_of(log_dir: Path, name: str = "default") -> optuna.Study:
@@ -73,11 +81,14 @@ def test_a_ddp_trial_is_one_study_entry(tmp_path):
     assert json.loads((Path(trial.user_attrs["run_dir"]) / "metrics.json").read_text())["processes"] == 2
 
 
-@pytest.mark.parametrize(("params", "message"), [
-    ({"model.depth": {"low": 1, "high": 3}}, r"hparams_search\.params\.model\.depth is not a key of train\.py's"),
-    ({"optimizer.lr": {"low": 0.1, "high": 0.01}}, r"optimizer\.lr: low=0\.1 is not below high=0\.01"),
-    ({"optimizer.lr": {"low": 0.1}}, r"optimizer\.lr='low: 0\.1' is not valid: give choices"),
-])
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"model.depth": {"low": 1, "high": 3}}, r"hparams_search\.params\.model\.depth is not a key of train\.py's"),
+        ({"optimizer.lr": {"low": 0.1, "high": 0.01}}, r"optimizer\.lr: low=0\.1 is not below high=0\.01"),
+        ({"optimizer.lr": {"low": 0.1}}, r"optimizer\.lr='low: 0\.1' is not valid: give choices"),
+    ],
+)
 def test_a_bad_search_space_is_one_line(params, message):
     from omegaconf import OmegaConf
 

@@ -35,8 +35,9 @@ class Server:
     def __init__(self, log_dir: Path, *overrides: str) -> None:
         command = [sys.executable, "serve.py", f"paths.log_dir={log_dir}", "port=0", *overrides]
         started = time.monotonic()
-        self.process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True)
+        self.process = subprocess.Popen(
+            command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         self.lines: queue.Queue[str] = queue.Queue()
         self.output: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -106,8 +107,13 @@ def model_path(exports) -> Path:
 @pytest.fixture(scope="module")
 def server(model_path, tmp_path_factory):
     """One server for the module; batches wait up to 200 ms for more images, so that concurrent requests batch."""
-    server = Server(tmp_path_factory.mktemp("serve") / "logs", f"model_path={model_path}",
-                    f"max_body_bytes={MAX_BODY_BYTES}", "max_wait_ms=200", "max_batch_size=32")
+    server = Server(
+        tmp_path_factory.mktemp("serve") / "logs",
+        f"model_path={model_path}",
+        f"max_body_bytes={MAX_BODY_BYTES}",
+        "max_wait_ms=200",
+        "max_batch_size=32",
+    )
     try:
         yield server
     finally:
@@ -117,8 +123,9 @@ def server(model_path, tmp_path_factory):
 @pytest.fixture(scope="module")
 def predicted(model_path, digit_inputs, tmp_path_factory) -> dict[str, dict]:
     """predict.py's results for the same model and inputs, by input name."""
-    cfg = OmegaConf.create({"model_path": str(model_path), "inputs": str(digit_inputs["folder"]), "output": None,
-                            "batch_size": 256})
+    cfg = OmegaConf.create(
+        {"model_path": str(model_path), "inputs": str(digit_inputs["folder"]), "output": None, "batch_size": 256}
+    )
     results, _ = predict(cfg, tmp_path_factory.mktemp("predict"))
     return {result["input"]: result for result in results}
 
@@ -174,8 +181,12 @@ def png_bytes(array: np.ndarray) -> bytes:
 
 HOSTILE = {
     "not an image": (b"GIF89a but not really", "image/png", 400, "the body is not an image file"),
-    "a huge upload": (b"\0" * (10 * MAX_BODY_BYTES), "application/octet-stream", 413,
-                      f"the body is over max_body_bytes={MAX_BODY_BYTES} bytes"),
+    "a huge upload": (
+        b"\0" * (10 * MAX_BODY_BYTES),
+        "application/octet-stream",
+        413,
+        f"the body is over max_body_bytes={MAX_BODY_BYTES} bytes",
+    ),
     "wrong channels": (png_bytes(np.zeros((8, 8, 3), np.uint8)), "image/png", 400, "has 3 channels (mode RGB)"),
     "wrong size": (png_bytes(np.zeros((28, 28), np.uint8)), "image/png", 400, "is 28x28 pixels: the model takes 8x8"),
     "wrong shape": (json.dumps([[0.5] * 5] * 3).encode(), "application/json", 400, "the JSON array has shape (3, 5)"),
@@ -198,8 +209,9 @@ def test_a_hostile_request_gets_a_4xx_and_the_server_goes_on(case, server, digit
 
 def test_a_checkpoint_is_served_as_predict_py_predicts_it(short_runs, digit_inputs, tmp_path):
     checkpoint = run_dirs(short_runs[0], "lightning")[-1] / "checkpoints" / "best.ckpt"
-    cfg = OmegaConf.create({"model_path": str(checkpoint), "inputs": str(digit_inputs["pngs"][1]), "output": None,
-                            "batch_size": 256})
+    cfg = OmegaConf.create(
+        {"model_path": str(checkpoint), "inputs": str(digit_inputs["pngs"][1]), "output": None, "batch_size": 256}
+    )
     (expected,), _ = predict(cfg, tmp_path / "predict")
     server = Server(tmp_path / "logs", f"model_path={checkpoint}", "max_wait_ms=0")
     try:
@@ -212,9 +224,13 @@ def test_a_checkpoint_is_served_as_predict_py_predicts_it(short_runs, digit_inpu
 
 def test_a_port_in_use_is_one_line(server, model_path, tmp_path):
     port = server.url.rsplit(":", 1)[1]
-    result = subprocess.run([sys.executable, "serve.py", f"paths.log_dir={tmp_path / 'logs'}", f"port={port}",
-                             f"model_path={model_path}"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "serve.py", f"paths.log_dir={tmp_path / 'logs'}", f"port={port}", f"model_path={model_path}"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: cannot listen on host=127.0.0.1 port={port}")
     assert not (tmp_path / "logs" / "serve").exists()

@@ -20,13 +20,29 @@ PACKAGE_DIR = PROJECT_ROOT / "src" / "{{ cookiecutter.package }}"
 ENGINES = {engine: PACKAGE_DIR / "engines" / f"{engine}.py" for engine in ("raw", "lightning")}
 MARKER = re.compile(r"^\s*# -- (?P<name>[^-].*?) --\s*$")
 # The order the engines follow (DESIGN): the run, then the concerns in the order a step meets them.
-SECTIONS = ["fit", "device", "precision", "data", "loop", "step", "accumulation", "clipping", "scheduler",
-            "validation", "non-finite loss", "checkpoints", "logging", "signals", "DDP"]
+SECTIONS = [
+    "fit",
+    "device",
+    "precision",
+    "data",
+    "loop",
+    "step",
+    "accumulation",
+    "clipping",
+    "scheduler",
+    "validation",
+    "non-finite loss",
+    "checkpoints",
+    "logging",
+    "signals",
+    "DDP",
+]
 FIT_MAX_LINES = 60  # one screen
-# Not blank, comment or docstring: about 85 for the idiomatic core (imports, fit, the Trainer's arguments, the
-# LightningModule, the DataModule's resume state) and 90 for the parity callbacks and the atomic checkpoint writer
-# (SaveOnStop's stop after the step's validation, as engine=raw's: 12); a limit that keeps the file from growing.
-LIGHTNING_MAX_CODE_LINES = 180
+# Not blank, comment or docstring, in ruff format's layout (a call that does not fit takes one argument per line):
+# 230 in all, about half the idiomatic core (imports, fit, the Trainer's arguments, the LightningModule, the
+# DataModule's resume state), half the parity callbacks and the atomic checkpoint writer; a limit that keeps the
+# file from growing.
+LIGHTNING_MAX_CODE_LINES = 235
 
 
 def section_markers(text: str) -> list[str]:
@@ -74,35 +90,46 @@ def test_the_loss_the_metric_and_the_optimizer_are_written_once():
         source = path.read_text()
         for written_once in ("cross_entropy", "instantiate(", "MulticlassAccuracy(", "argmax("):
             assert written_once not in source, f"engines/{engine}.py: {written_once}"
-        for shared in ("task.training_step(", "task.evaluation_step(", "task.configure_optimizers(",
-                       own_accuracy[engine]):
+        for shared in (
+            "task.training_step(",
+            "task.evaluation_step(",
+            "task.configure_optimizers(",
+            own_accuracy[engine],
+        ):
             assert shared in source, f"engines/{engine}.py does not call {shared}"
 
 
 def test_the_raw_engine_starts_without_torchmetrics_or_scikit_learn():
     """Its start-up is torch's and the first optimizer's (benchmarks/engine_overhead.py): torchmetrics (with
     torchvision's models) and scikit-learn (with scipy) took 3 s more. Lightning imports torchmetrics itself."""
-    code = ("import sys\n"
-            "import {{ cookiecutter.package }}.launch\n"
-            "import {{ cookiecutter.package }}.engines.raw\n"
-            "print(sorted({'torchmetrics', 'sklearn', 'scipy', 'torchvision', 'lightning'} & set(sys.modules)))")
+    code = (
+        "import sys\n"
+        "import {{ cookiecutter.package }}.launch\n"
+        "import {{ cookiecutter.package }}.engines.raw\n"
+        "print(sorted({'torchmetrics', 'sklearn', 'scipy', 'torchvision', 'lightning'} & set(sys.modules)))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
 
 def package_imports() -> dict[str, set[str]]:
     """module -> the package modules it imports, anywhere in the file (imports inside functions count too)."""
-    modules = {path.relative_to(PACKAGE_DIR).with_suffix("").as_posix().replace("/", ".").removesuffix(".__init__"):
-               path for path in PACKAGE_DIR.rglob("*.py")}
+    modules = {
+        path.relative_to(PACKAGE_DIR).with_suffix("").as_posix().replace("/", ".").removesuffix(".__init__"): path
+        for path in PACKAGE_DIR.rglob("*.py")
+    }
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
-        package = name.rsplit(".", 1)[0] if path.name != "__init__.py" and "." in name else \
-            (name if path.name == "__init__.py" else "")
+        package = (
+            name.rsplit(".", 1)[0]
+            if path.name != "__init__.py" and "." in name
+            else (name if path.name == "__init__.py" else "")
+        )
         imported = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level:
                 base = package.split(".") if package else []
-                base = base[:len(base) - (node.level - 1)] if node.level > 1 else base
+                base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
                 target = ".".join([*base, *(node.module.split(".") if node.module else [])])
                 candidates = [target] if node.module else []
                 candidates += [f"{target}.{alias.name}".lstrip(".") for alias in node.names]
@@ -116,7 +143,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
     def visit(node: str) -> list[str] | None:
         if node in visiting:
-            return [*visiting[visiting.index(node):], node]
+            return [*visiting[visiting.index(node) :], node]
         if node in done:
             return None
         visiting.append(node)
@@ -144,10 +171,13 @@ def test_the_package_modules_import_each_other_without_a_circle():
     assert importers_of_launch == ["evaluation", "worker"], importers_of_launch
 
 
-@pytest.mark.parametrize(("graph", "cycle"), [
-    ({"a": {"b"}, "b": {"c"}, "c": set()}, None),
-    ({"a": {"b"}, "b": {"a"}}, ["a", "b", "a"]),
-    ({"a": {"b"}, "b": {"c"}, "c": {"b"}}, ["b", "c", "b"]),
-])
+@pytest.mark.parametrize(
+    ("graph", "cycle"),
+    [
+        ({"a": {"b"}, "b": {"c"}, "c": set()}, None),
+        ({"a": {"b"}, "b": {"a"}}, ["a", "b", "a"]),
+        ({"a": {"b"}, "b": {"c"}, "c": {"b"}}, ["b", "c", "b"]),
+    ],
+)
 def test_the_circle_finder(graph, cycle):
     assert find_cycle(graph) == cycle

@@ -2,6 +2,7 @@
 DDP shares), with the augmentation drawn per batch from (seed, epoch, rank, batch); both engines agree on it."""
 
 import json
+import os
 import shlex
 import signal
 import subprocess
@@ -35,8 +36,17 @@ def dataset(request, tmp_path, monkeypatch):
 
 
 def pipeline(name: str, root, loader: str, *overrides: str, seed: int = 0) -> DataPipeline:
-    cfg = compose_train([f"data={name}", f"data.root={root}", "data.download=false", "data.num_workers=0",
-                         "data.batch_size=8", f"data.loader={loader}", *overrides]).data
+    cfg = compose_train(
+        [
+            f"data={name}",
+            f"data.root={root}",
+            "data.download=false",
+            "data.num_workers=0",
+            "data.batch_size=8",
+            f"data.loader={loader}",
+            *overrides,
+        ]
+    ).data
     data = DataPipeline(cfg, seed=seed)
     data.setup()
     return data
@@ -102,7 +112,7 @@ def test_flips_mirror_and_crops_shift_the_images():
     padded = torch.nn.functional.pad(images, (2, 2, 2, 2))  # zeros: after normalisation, the mean colour
     for index in range(64):
         t, u = top[index].item(), left[index].item()
-        assert torch.equal(cropped[index], padded[index, :, t:t + 6, u:u + 5])
+        assert torch.equal(cropped[index], padded[index, :, t : t + 6, u : u + 5])
     assert sum(not torch.equal(c, i) for c, i in zip(cropped, images, strict=True)) > 50  # shifted: (2, 2) is none
 
 
@@ -129,8 +139,11 @@ def test_ddp_ranks_get_disjoint_shares_of_the_epoch(dataset, monkeypatch):
             tensor = epoch(pipeline(*dataset, "tensor").train_dataloader(), 1)
             assert_same_batches(tensor, epoch(pipeline(*dataset, "dataloader").train_dataloader(), 1))
         shares[rank] = [tuple(image.flatten().tolist()) for inputs, _ in tensor for image in inputs]
-    whole = {tuple(image.flatten().tolist()) for inputs, _ in epoch(pipeline(*dataset, "tensor").train_dataloader(), 1)
-             for image in inputs}
+    whole = {
+        tuple(image.flatten().tolist())
+        for inputs, _ in epoch(pipeline(*dataset, "tensor").train_dataloader(), 1)
+        for image in inputs
+    }
     padding = len(shares[0]) + len(shares[1]) - len(whole)
     assert len(shares[0]) == len(shares[1]) and padding == len(whole) % 2
     assert len(set(shares[0]) & set(shares[1])) == padding and set(shares[0]) | set(shares[1]) == whole
@@ -149,10 +162,19 @@ def test_both_engines_train_alike_on_the_tensor_loader(tmp_path, monkeypatch, au
     """As tests/test_parity.py: every logged value, the weights and the accuracies; without augmentation also the
     same run as the DataLoader path's."""
     make_mnist(tmp_path / "data")
-    common = ["data=mnist", f"data.root={tmp_path / 'data'}", "data.download=false", "data.num_workers=0",
-              "data.batch_size=8", "optimizer=adam", "scheduler=none", *(AUGMENT if augmented else ())]
-    runs = {engine: train(engine, tmp_path / engine, [*common, "data.loader=tensor"])[1]
-            for engine in ("raw", "lightning")}
+    common = [
+        "data=mnist",
+        f"data.root={tmp_path / 'data'}",
+        "data.download=false",
+        "data.num_workers=0",
+        "data.batch_size=8",
+        "optimizer=adam",
+        "scheduler=none",
+        *(AUGMENT if augmented else ()),
+    ]
+    runs = {
+        engine: train(engine, tmp_path / engine, [*common, "data.loader=tensor"])[1] for engine in ("raw", "lightning")
+    }
     tags = ("train/loss", "lr", "train/grad_norm", "val/loss", "val/acc", "test/acc", "epoch")
     assert_same_curves(scalars(tmp_path / "raw"), scalars(tmp_path / "lightning"), tags)
     raw_weights, lit_weights = weights(tmp_path / "raw"), weights(tmp_path / "lightning")
@@ -199,14 +221,21 @@ def test_bad_loader_values_and_combinations_are_one_line(tmp_path):
     cfg = compose_train(["data.loader=tensor", "debug=overfit"])
     with pytest.raises(UserError) as refused:
         DataPipeline(cfg.data, seed=0, batch_limits=cfg.trainer).setup()
-    assert str(refused.value).startswith(f"trainer.overfit_batches={cfg.trainer.overfit_batches} with "
-                                         "data.loader=tensor is not implemented")
+    assert str(refused.value).startswith(
+        f"trainer.overfit_batches={cfg.trainer.overfit_batches} with data.loader=tensor is not implemented"
+    )
     assert "\n" not in str(refused.value)
 
 
-def benchmark(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, f"benchmarks/{script}", *args], cwd=PROJECT_ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+def benchmark(script: str, *args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, f"benchmarks/{script}", *args],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **env},
+    )
 
 
 def test_the_gpu_benchmark_prints_its_commands_and_they_compose(tmp_path):
@@ -234,14 +263,27 @@ def test_the_gpu_benchmark_refuses_a_machine_it_cannot_run_on_in_one_line(tmp_pa
 
 
 @pytest.mark.slow
-def test_the_data_loading_benchmark_runs_and_writes_its_figures(tmp_path):
-    """benchmarks/data_loading.py on a few synthetic images, loading only (the timings are never asserted)."""
-    result = benchmark("data_loading.py", "--repeats=1", "--images=60", "--no-epochs", f"--data-dir={tmp_path}",
-                       f"--json={tmp_path / 'figures.json'}")
+def test_the_data_loading_benchmark_runs_writes_its_figures_and_leaves_no_files(tmp_path):
+    """benchmarks/data_loading.py on a few synthetic images, loading and a one-epoch run per loader (the timings are
+    never asserted); its synthetic files and training runs go to temporary folders that it removes."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    result = benchmark(
+        "data_loading.py",
+        "--repeats=1",
+        "--images=60",
+        "--epochs=1",
+        f"--data-dir={tmp_path}",
+        f"--json={tmp_path / 'figures.json'}",
+        TMPDIR=str(scratch),
+    )
     assert result.returncode == 0, result.stderr
     assert "SYNTHETIC" in result.stdout and "load average before" in result.stdout
     figures = json.loads((tmp_path / "figures.json").read_text())
     assert figures["synthetic"] and set(figures["figures"]) == {
-        f"loading {loader} {kind}" for loader in ("dataloader", "tensor") for kind in ("augmented", "plain")}
-    samples = {run[0]["samples"] for run in figures["runs"].values()}
+        f"loading {loader} {kind}" for loader in ("dataloader", "tensor") for kind in ("augmented", "plain")
+    } | {"epoch dataloader", "epoch tensor"}
+    samples = {run[0]["samples"] for name, run in figures["runs"].items() if name.startswith("loading")}
     assert samples == {60 - 6}  # the training split of the synthetic files, in both loaders
+    assert [len(run[0]["epoch_times_s"]) for name, run in figures["runs"].items() if name.startswith("epoch")] == [1, 1]
+    assert sorted(scratch.iterdir()) == []

@@ -26,8 +26,12 @@ STEPS_PER_EPOCH = 3  # SHORT_RUN: limit_train_batches=3, two epochs
 
 
 def read_events(tensorboard_dir: Path) -> EventAccumulator:
-    events = EventAccumulator(str(tensorboard_dir), size_guidance={kind: 0 for kind in (
-        "compressedHistograms", "images", "audio", "scalars", "histograms", "tensors")})  # 0: keep every event
+    events = EventAccumulator(
+        str(tensorboard_dir),
+        size_guidance={
+            kind: 0 for kind in ("compressedHistograms", "images", "audio", "scalars", "histograms", "tensors")
+        },
+    )  # 0: keep every event
     events.Reload()
     return events
 
@@ -106,9 +110,17 @@ def test_both_engines_write_the_same_tags_and_the_same_histograms(events):
 
 
 def test_switched_off_artefacts_are_not_written(tmp_path):
-    cfg = compose_train(["engine=raw", *SHORT_RUN, "logger.tensorboard.images=false", "logger.tensorboard.graph=false",
-                         "logger.tensorboard.histogram_every_n_epochs=0", "logger.tensorboard.confusion_matrix=false",
-                         "logger.tensorboard.hparams=false"])
+    cfg = compose_train(
+        [
+            "engine=raw",
+            *SHORT_RUN,
+            "logger.tensorboard.images=false",
+            "logger.tensorboard.graph=false",
+            "logger.tensorboard.histogram_every_n_epochs=0",
+            "logger.tensorboard.confusion_matrix=false",
+            "logger.tensorboard.hparams=false",
+        ]
+    )
     seed_everything(cfg.seed)
     raw_fit(cfg, tmp_path)
     run = read_events(tmp_path / "tensorboard")
@@ -119,12 +131,15 @@ def test_switched_off_artefacts_are_not_written(tmp_path):
     assert "test/acc" in tags["scalars"]
 
 
-@pytest.mark.parametrize(("key", "value", "accepted"), [
-    ("num_samples", 0, "a whole number of at least 1"),
-    ("histogram_every_n_epochs", -1, "a whole number of at least 0"),
-    ("histogram_every_n_epochs", "often", "a whole number of at least 0"),
-    ("images", "yes", "true or false"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "accepted"),
+    [
+        ("num_samples", 0, "a whole number of at least 1"),
+        ("histogram_every_n_epochs", -1, "a whole number of at least 0"),
+        ("histogram_every_n_epochs", "often", "a whole number of at least 0"),
+        ("images", "yes", "true or false"),
+    ],
+)
 def test_bad_switch_is_named_with_what_is_accepted(key, value, accepted):
     settings = OmegaConf.create({"subdir": "tensorboard", key: value})
     with pytest.raises(UserError, match=rf"logger\.tensorboard\.{key}={value!r} is not valid: use {accepted}"):

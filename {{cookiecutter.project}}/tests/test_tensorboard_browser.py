@@ -38,7 +38,8 @@ RENDER_ATTEMPTS = 4  # a page dumped before the data arrived is loaded again, wi
 VIRTUAL_TIME_BUDGET_MS = 5_000
 
 requires_chromium = pytest.mark.skipif(
-    CHROMIUM is None, reason=f"needs Chromium: none of {', '.join(CHROMIUM_NAMES)} is on PATH")
+    CHROMIUM is None, reason=f"needs Chromium: none of {', '.join(CHROMIUM_NAMES)} is on PATH"
+)
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="stops its servers by POSIX process group")
 
 
@@ -69,8 +70,9 @@ def trained(short_runs) -> tuple[Path, dict[str, dict]]:
     log_dir, results = short_runs
     for engine, result in results.items():
         assert result.returncode == 0, f"engine={engine}:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
-    return log_dir, {engine: json.loads((run_dirs(log_dir, engine)[-1] / "metrics.json").read_text())
-                     for engine in ENGINES}
+    return log_dir, {
+        engine: json.loads((run_dirs(log_dir, engine)[-1] / "metrics.json").read_text()) for engine in ENGINES
+    }
 
 
 def run_name(log_dir: Path, metrics: dict) -> str:
@@ -88,15 +90,30 @@ def tensorboard_url(trained, tmp_path_factory):
     output = tmp_path_factory.mktemp("tensorboard") / "output.log"
     with output.open("w") as sink:
         server = subprocess.Popen(
-            [sys.executable, "-m", "tensorboard.main", "--logdir", str(log_dir), "--host", "127.0.0.1",
-             "--port", str(port)], stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "tensorboard.main",
+                "--logdir",
+                str(log_dir),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + SERVER_TIMEOUT_S
         served: dict = {}
         while not all(TAG in served.get(run, {}) for run in runs):
             assert server.poll() is None, f"TensorBoard exited with {server.returncode}:\n{output.read_text()}"
-            assert time.monotonic() < deadline, (f"TensorBoard did not serve {TAG} of {sorted(runs)} within "
-                                                 f"{SERVER_TIMEOUT_S} s; it serves {served}\n{output.read_text()}")
+            assert time.monotonic() < deadline, (
+                f"TensorBoard did not serve {TAG} of {sorted(runs)} within "
+                f"{SERVER_TIMEOUT_S} s; it serves {served}\n{output.read_text()}"
+            )
             time.sleep(0.5)
             try:
                 with urllib.request.urlopen(f"{url}/data/plugin/scalars/tags", timeout=5) as response:
@@ -137,8 +154,10 @@ class ScalarCards(HTMLParser):
     def handle_endtag(self, tag: str) -> None:
         if tag == "scalar-card-component" and self._card is not None:
             header, rows = self._card
-            self.cards[self._title or "?"] = ([text(cell) for cell in header],
-                                              [[text(cell) for cell in row] for row in rows])
+            self.cards[self._title or "?"] = (
+                [text(cell) for cell in header],
+                [[text(cell) for cell in row] for row in rows],
+            )
             self._card = None
         elif tag in ("tb-data-table-header-cell", "tb-data-table-content-cell"):
             self._cell = None
@@ -155,10 +174,24 @@ def text(parts: list[str]) -> str:
 def render(url: str, profile: Path, budget_ms: int) -> tuple[str, str]:
     """The page's DOM after Chromium ran its scripts for `budget_ms` of virtual time, and Chromium's log."""
     browser = subprocess.Popen(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-         "--disable-background-networking", f"--user-data-dir={profile}", "--window-size=1280,1000",
-         f"--virtual-time-budget={budget_ms}", "--dump-dom", url],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            f"--user-data-dir={profile}",
+            "--window-size=1280,1000",
+            f"--virtual-time-budget={budget_ms}",
+            "--dump-dom",
+            url,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         return browser.communicate(timeout=90 + 2 * budget_ms / 1000)
     finally:
@@ -172,8 +205,7 @@ def loss_rows(dom: str) -> dict[str, dict[str, str]]:
     header, rows = cards.cards.get(TAG, ([], []))
     if "Run" not in header:
         return {}
-    return {row[header.index("Run")]: dict(zip(header, row, strict=True))
-            for row in rows if len(row) == len(header)}
+    return {row[header.index("Run")]: dict(zip(header, row, strict=True)) for row in rows if len(row) == len(header)}
 
 
 @pytest.mark.slow
@@ -195,7 +227,8 @@ def test_tensorboard_shows_both_engines_in_a_browser(trained, tensorboard_url, t
     assert all(run in rows for run in runs.values()), (
         f"after {RENDER_ATTEMPTS} loads, the {TAG} card lists runs {sorted(rows)}, not {sorted(runs.values())}; "
         f"cards on the page: {sorted(cards.cards)}; the page is in {tmp_path / 'page.html'}\n"
-        f"Chromium:\n{log[-2000:]}")
+        f"Chromium:\n{log[-2000:]}"
+    )
 
     for engine, run in runs.items():
         shown = rows[run]
@@ -222,6 +255,7 @@ def test_the_parser_reads_a_scalar_card():
         "<tb-data-table-content-cell>1,205</tb-data-table-content-cell></tb-data-table-content-row>"
         "</tb-data-table></scalar-card-data-table></scalar-card-component>"
     )
-    assert loss_rows(dom) == {"train/raw/x/tensorboard": {"": "", "Run": "train/raw/x/tensorboard",
-                                                          "Value": "2.0105", "Step": "1,205"}}
+    assert loss_rows(dom) == {
+        "train/raw/x/tensorboard": {"": "", "Run": "train/raw/x/tensorboard", "Value": "2.0105", "Step": "1,205"}
+    }
     assert loss_rows(dom.replace('title="train/loss"', 'title="val/loss"')) == {}

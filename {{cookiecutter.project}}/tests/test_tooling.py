@@ -19,8 +19,9 @@ def make(*args: str, folder=PROJECT_ROOT) -> subprocess.CompletedProcess:
     """`make args` in `folder`, as a user types it: not as a sub-make of a `make test` that runs this suite (whose
     MAKEFLAGS and MAKELEVEL would make it print the directories it enters)."""
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
-    return subprocess.run(["make", f"PYTHON={sys.executable}", *args], cwd=folder, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        ["make", f"PYTHON={sys.executable}", *args], cwd=folder, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 @needs_make
@@ -30,20 +31,25 @@ def test_help_lists_every_target():
 
 
 @needs_make
-@pytest.mark.parametrize(("target", "command"), [
-    ("train", "train.py engine=raw seed=3"),
-    ("eval", "evaluate.py ckpt_path=last engine=raw seed=3"),
-    ("export", "export.py ckpt_path=last engine=raw seed=3"),
-    ("predict", "predict.py engine=raw seed=3"),
-    ("serve", "serve.py engine=raw seed=3"),
-    ("compare", "compare.py engine=raw seed=3"),
-    ("test", "-m pytest engine=raw seed=3"),
-    ("lint", "-m ruff check ."),
-    ("tensorboard", "-m tensorboard.main --logdir logs --host 127.0.0.1 --port 6006"),
-])
+@pytest.mark.parametrize(
+    ("target", "command"),
+    [
+        ("train", "train.py engine=raw seed=3"),
+        ("eval", "evaluate.py ckpt_path=last engine=raw seed=3"),
+        ("export", "export.py ckpt_path=last engine=raw seed=3"),
+        ("predict", "predict.py engine=raw seed=3"),
+        ("serve", "serve.py engine=raw seed=3"),
+        ("compare", "compare.py engine=raw seed=3"),
+        ("test", "-m pytest engine=raw seed=3"),
+        ("lint", "-m ruff check . && {python} -m ruff format --check ."),
+        ("format", "-m ruff format . && {python} -m ruff check --fix ."),
+        ("tensorboard", "-m tensorboard.main --logdir logs --host 127.0.0.1 --port 6006"),
+    ],
+)
 def test_each_target_runs_its_command(target, command):
     dry_run = make("-n", target, "ARGS=engine=raw seed=3")
-    assert dry_run.returncode == 0 and dry_run.stdout.strip() == f"{sys.executable} {command}", dry_run.stdout
+    expected = f"{sys.executable} {command.format(python=sys.executable)}"
+    assert dry_run.returncode == 0 and dry_run.stdout.strip() == expected, dry_run.stdout
 
 
 @needs_make
@@ -73,12 +79,20 @@ def test_pre_commit_finds_nothing_to_fix_in_the_project(tmp_path):
     """The hooks of .pre-commit-config.yaml (local: the dev extra's ruff and pre-commit-hooks) pass on the project as
     generated, so that a first commit changes nothing."""
     copy = tmp_path / "project"
-    shutil.copytree(PROJECT_ROOT, copy, ignore=shutil.ignore_patterns("logs", "data", ".venv", "__pycache__",
-                                                                      ".*_cache", "*.egg-info", ".git"))
+    shutil.copytree(
+        PROJECT_ROOT,
+        copy,
+        ignore=shutil.ignore_patterns("logs", "data", ".venv", "__pycache__", ".*_cache", "*.egg-info", ".git"),
+    )
     subprocess.run(["git", "init", "-q"], cwd=copy, check=True)
     subprocess.run(["git", "add", "-A"], cwd=copy, check=True)
     tools = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])  # ruff, the hooks
-    result = subprocess.run([sys.executable, "-m", "pre_commit", "run", "--all-files"], cwd=copy, capture_output=True,
-                            text=True, timeout=600,
-                            env={**os.environ, "PATH": tools, "PRE_COMMIT_HOME": str(tmp_path / "pre-commit")})
+    result = subprocess.run(
+        [sys.executable, "-m", "pre_commit", "run", "--all-files"],
+        cwd=copy,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PATH": tools, "PRE_COMMIT_HOME": str(tmp_path / "pre-commit")},
+    )
     assert result.returncode == 0, result.stdout + result.stderr

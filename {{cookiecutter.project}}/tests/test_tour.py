@@ -25,6 +25,7 @@ TOUR_README = TOUR / "README.md"
 SECTION_TITLE = "The outline in practice"
 SCRIPT_TIMEOUT_S = 180
 
+
 def subprocess_env(output_dir: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["TOUR_OUTPUT_DIR"] = str(output_dir)
@@ -65,9 +66,7 @@ def background_runs(request, tmp_path_factory):
     workers = int(os.environ.get("TOUR_TEST_WORKERS", min(4, os.cpu_count() or 1)))
     base = tmp_path_factory.mktemp("runs")
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures: dict[str, Future] = {
-            key: pool.submit(run_python, args, base / Path(key).stem) for key, args in wanted
-        }
+        futures: dict[str, Future] = {key: pool.submit(run_python, args, base / Path(key).stem) for key, args in wanted}
         yield futures
         for future in futures.values():
             future.cancel()

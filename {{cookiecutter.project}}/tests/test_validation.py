@@ -42,20 +42,28 @@ BAD_VALUES = [
     (["data.loader=gpu"], "data.loader=gpu is not valid: one of dataloader, tensor"),
     (["data.num_classes=1"], "data.num_classes=1 is not valid: a whole number of at least 2"),
     (["data.val_fraction=-0.1"], "data.val_fraction=-0.1 is not valid: a fraction in (0.0, 1.0)"),
-    (["data=digits", "data.val_fraction=0.6", "data.test_fraction=0.5"],  # test images in the training set
-     "data.val_fraction=0.6 with data.test_fraction=0.5 is not valid: the two must add up to less than 1"),
+    (
+        ["data=digits", "data.val_fraction=0.6", "data.test_fraction=0.5"],  # test images in the training set
+        "data.val_fraction=0.6 with data.test_fraction=0.5 is not valid: the two must add up to less than 1",
+    ),
     (["model=cnn", "model.channels=[]"], "model.channels=[] is not valid: a list of at least one whole number"),
     (["model=mlp", "model.hidden=[0]"], "model.hidden=[0] is not valid"),
     (["model.dropout=1.5"], "model.dropout=1.5 is not valid: a probability in [0.0, 1.0)"),
     (["scheduler=step", "scheduler.step_size=0"], "scheduler.step_size=0 is not valid: a whole number of at least 1"),
     (["scheduler=step", "scheduler.interval=batch"], "scheduler.interval=batch is not valid: one of step, epoch"),
     (["scheduler=plateau", "scheduler.mode=up"], "scheduler.mode=up is not valid: one of min, max"),
-    (["callbacks=early_stopping", "callbacks.early_stopping.patience=-1"],
-     "callbacks.early_stopping.patience=-1 is not valid: a whole number of at least 0"),
-    (["callbacks=early_stopping", "callbacks.early_stopping.mode=foo"],
-     "callbacks.early_stopping.mode=foo is not valid: one of min, max"),
-    (["callbacks.model_checkpoint.monitor=train/loss"],
-     "callbacks.model_checkpoint.monitor=train/loss is not valid: one of val/acc, val/loss"),
+    (
+        ["callbacks=early_stopping", "callbacks.early_stopping.patience=-1"],
+        "callbacks.early_stopping.patience=-1 is not valid: a whole number of at least 0",
+    ),
+    (
+        ["callbacks=early_stopping", "callbacks.early_stopping.mode=foo"],
+        "callbacks.early_stopping.mode=foo is not valid: one of min, max",
+    ),
+    (
+        ["callbacks.model_checkpoint.monitor=train/loss"],
+        "callbacks.model_checkpoint.monitor=train/loss is not valid: one of val/acc, val/loss",
+    ),
     (["distributed.timeout_s=0"], "distributed.timeout_s=0 is not valid: a number above 0"),
 ]
 
@@ -76,10 +84,15 @@ def test_every_rule_names_a_key_of_the_configs():
 
     from {{ cookiecutter.package }}.validation import ABSENT
 
-    groups = {"optimizer": ["sgd", "adam", "rmsprop"], "scheduler": ["step", "cosine", "onecycle", "plateau"],
-              "model": ["mlp", "cnn"], "callbacks": ["early_stopping"]}
-    configs = [compose_train()] + [compose_train([f"{group}={option}"]) for group, options in groups.items()
-                                   for option in options]
+    groups = {
+        "optimizer": ["sgd", "adam", "rmsprop"],
+        "scheduler": ["step", "cosine", "onecycle", "plateau"],
+        "model": ["mlp", "cnn"],
+        "callbacks": ["early_stopping"],
+    }
+    configs = [compose_train()] + [
+        compose_train([f"{group}={option}"]) for group, options in groups.items() for option in options
+    ]
     for key in RULES:
         assert any(OmegaConf.select(cfg, key, default=ABSENT) is not ABSENT for cfg in configs), key
 
@@ -87,30 +100,64 @@ def test_every_rule_names_a_key_of_the_configs():
 def test_the_defaults_and_every_config_option_pass(tmp_path):
     from {{ cookiecutter.package }}.validation import validate
 
-    for overrides in ([], ["optimizer=sgd"], ["optimizer=rmsprop"], ["scheduler=step"], ["scheduler=plateau"],
-                      ["scheduler=cosine"], ["model=mlp"], ["callbacks=early_stopping"], ["trainer=ddp_cpu"],
-                      ["data=mnist"], ["data=cifar10"], ["seed=null"], ["trainer.devices=auto"]):
+    for overrides in (
+        [],
+        ["optimizer=sgd"],
+        ["optimizer=rmsprop"],
+        ["scheduler=step"],
+        ["scheduler=plateau"],
+        ["scheduler=cosine"],
+        ["model=mlp"],
+        ["callbacks=early_stopping"],
+        ["trainer=ddp_cpu"],
+        ["data=mnist"],
+        ["data=cifar10"],
+        ["seed=null"],
+        ["trainer.devices=auto"],
+    ):
         validate(compose_train(overrides))
 
 
 @pytest.mark.slow
 def test_a_refused_run_leaves_no_run_folder_and_no_traceback(log_dir):
-    result = subprocess.run([sys.executable, "train.py", f"paths.log_dir={log_dir}", "engine=raw", "data.batch_size=0"],
-                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "train.py", f"paths.log_dir={log_dir}", "engine=raw", "data.batch_size=0"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == ["error: data.batch_size=0 is not valid: a whole number of at least 1"]
     assert not log_dir.exists()  # not even the empty folders above the run's
-    full = subprocess.run([sys.executable, "train.py", f"paths.log_dir={log_dir}", "data.batch_size=0"],
-                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    full = subprocess.run(
+        [sys.executable, "train.py", f"paths.log_dir={log_dir}", "data.batch_size=0"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HYDRA_FULL_ERROR": "1"},
+    )
     assert full.returncode == 1 and "Traceback" in full.stderr and "data.batch_size=0 is not valid" in full.stderr
 
 
 @pytest.mark.slow
 def test_seed_null_draws_a_seed_and_records_it(log_dir):
-    result = subprocess.run([sys.executable, "train.py", f"paths.log_dir={log_dir}", "engine=raw", "seed=null",
-                             *SHORT_RUN, "trainer.max_epochs=1"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            f"paths.log_dir={log_dir}",
+            "engine=raw",
+            "seed=null",
+            *SHORT_RUN,
+            "trainer.max_epochs=1",
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     [run_dir] = run_dirs(log_dir, "raw")
     seed = json.loads((run_dir / "metrics.json").read_text())["seed"]
@@ -128,8 +175,9 @@ def checkpoints(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("checkpoints")
     for engine, fit in (("raw", raw.fit), ("lightning", lightning.fit)):
-        cfg = compose_train([f"engine={engine}", "model=mlp", "scheduler=cosine", *SHORT_RUN,
-                             "trainer.limit_train_batches=2"])
+        cfg = compose_train(
+            [f"engine={engine}", "model=mlp", "scheduler=cosine", *SHORT_RUN, "trainer.limit_train_batches=2"]
+        )
         seed_everything(cfg.seed)
         with contextlib.redirect_stdout(io.StringIO()):
             fit(cfg, folder / engine)
@@ -162,21 +210,24 @@ def bad_checkpoint(kind: str, checkpoints, folder):
     elif kind == "not a dictionary":
         torch.save([1, 2, 3], path)
     else:
-        return {"the other engine's": checkpoints / "lightning" / "checkpoints" / "last.ckpt",
-                "best weights only": checkpoints / "raw" / "checkpoints" / "best.ckpt"}[kind]
+        return {
+            "the other engine's": checkpoints / "lightning" / "checkpoints" / "last.ckpt",
+            "best weights only": checkpoints / "raw" / "checkpoints" / "best.ckpt",
+        }[kind]
     return path
 
 
 RESUME_REFUSALS = {
     **dict.fromkeys(("empty", "truncated", "random bytes", "text", "malicious pickle"), "cannot be loaded safely"),
-    "a foreign dictionary": "is not a checkpoint of either engine", "not a dictionary": "holds a list",
-    "the other engine's": "was written by engine=lightning", "best weights only": "holds only the best weights",
+    "a foreign dictionary": "is not a checkpoint of either engine",
+    "not a dictionary": "holds a list",
+    "the other engine's": "was written by engine=lightning",
+    "best weights only": "holds only the best weights",
 }
 
 
 @pytest.mark.parametrize("kind", RESUME_REFUSALS)
-def test_a_checkpoint_that_cannot_resume_the_run_is_one_line_before_any_work(checkpoints, tmp_path, kind,
-                                                                             capsys):
+def test_a_checkpoint_that_cannot_resume_the_run_is_one_line_before_any_work(checkpoints, tmp_path, kind, capsys):
     path = bad_checkpoint(kind, checkpoints, tmp_path)
     with pytest.raises(UserError) as refused:
         train(compose_train(["engine=raw", "model=mlp", f"ckpt_path={path}"]), tmp_path / "run")
@@ -189,13 +240,20 @@ def test_a_checkpoint_that_cannot_resume_the_run_is_one_line_before_any_work(che
 def test_resuming_another_architecture_names_the_mismatched_keys_in_both_engines(checkpoints, tmp_path, engine):
     last = checkpoints / engine / "checkpoints" / "last.ckpt"
     before = last.read_bytes()
-    with pytest.raises(UserError, match=r"holds the weights of another model \(missing features\.0\.bias, "
-                                        r"features\.0\.weight, features\.1\.bias \.\.\.; unexpected net\.1\.bias"):
+    with pytest.raises(
+        UserError,
+        match=r"holds the weights of another model \(missing features\.0\.bias, "
+        r"features\.0\.weight, features\.1\.bias \.\.\.; unexpected net\.1\.bias",
+    ):
         train(compose_train([f"engine={engine}", "model=cnn", f"ckpt_path={last}"]), tmp_path / "run")
     cross = {"raw": "lightning", "lightning": "raw"}[engine]
     with pytest.raises(UserError, match=f"was written by engine={cross}"):
-        train(compose_train([f"engine={engine}", "model=mlp", f"ckpt_path={checkpoints / cross / 'checkpoints'}"
-                             "/last.ckpt"]), tmp_path / "run")
+        train(
+            compose_train(
+                [f"engine={engine}", "model=mlp", f"ckpt_path={checkpoints / cross / 'checkpoints'}/last.ckpt"]
+            ),
+            tmp_path / "run",
+        )
     assert last.read_bytes() == before and not (tmp_path / "run").exists()
 
 
@@ -221,13 +279,24 @@ def test_weights_from_starts_a_new_run_from_the_other_engines_weights(checkpoint
     from {{ cookiecutter.package }}.checkpoint import load_checkpoint, model_state_dict
 
     source = checkpoints / ("lightning" if engine == "raw" else "raw") / "checkpoints" / "best.ckpt"
-    cfg = compose_train([f"engine={engine}", "model=mlp", "scheduler=onecycle", "optimizer.lr=1e-12", *SHORT_RUN,
-                         "trainer.max_epochs=1", f"weights_from={source}"])
+    cfg = compose_train(
+        [
+            f"engine={engine}",
+            "model=mlp",
+            "scheduler=onecycle",
+            "optimizer.lr=1e-12",
+            *SHORT_RUN,
+            "trainer.max_epochs=1",
+            f"weights_from={source}",
+        ]
+    )
     with contextlib.redirect_stdout(io.StringIO()):
         metrics = train(cfg, tmp_path / "run")
     assert (metrics["weights_from"], metrics["epochs"], metrics["global_step"]) == (str(source), 1, 3)
-    start, end = model_state_dict(load_checkpoint(source)), model_state_dict(
-        load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt"))
+    start, end = (
+        model_state_dict(load_checkpoint(source)),
+        model_state_dict(load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")),
+    )
     assert all(torch.allclose(start[k], end[k], atol=1e-6) for k in start if k in end)
 
 

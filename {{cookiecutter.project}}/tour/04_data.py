@@ -206,9 +206,7 @@ assert augmented.shape == evaluated.shape == (3, 32, 32)
 assert evaluated.min().item() == -2.0 and evaluated.max().item() == 2.0  # (0 - .5)/.25, (1 - .5)/.25
 
 # The same pipeline plugs into a dataset, and the loader batches the results.
-images = torchvision.datasets.FakeData(
-    size=10, image_size=(3, 48, 48), num_classes=2, transform=train_transform
-)
+images = torchvision.datasets.FakeData(size=10, image_size=(3, 48, 48), num_classes=2, transform=train_transform)
 batch_images, batch_labels = next(iter(DataLoader(images, batch_size=5)))
 assert batch_images.shape == (5, 3, 32, 32) and batch_labels.shape == (5,)
 print("a batch of transformed FakeData:", tuple(batch_images.shape))

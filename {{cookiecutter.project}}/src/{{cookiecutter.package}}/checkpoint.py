@@ -31,8 +31,10 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
         os.replace(tmp, path)
         fsync_folder(path.parent)  # the rename itself survives a power cut
     except OSError as err:
-        raise UserError(f"cannot write checkpoint {path} ({err.strerror or err}): free disk space or fix the "
-                        f"folder's permissions; the previous {path.name}, if any, is unchanged") from err
+        raise UserError(
+            f"cannot write checkpoint {path} ({err.strerror or err}): free disk space or fix the "
+            f"folder's permissions; the previous {path.name}, if any, is unchanged"
+        ) from err
     finally:
         if tmp is not None and Path(tmp).exists():
             Path(tmp).unlink()
@@ -62,8 +64,10 @@ def prepare_checkpoint_dir(folder: Path) -> None:
         if created:
             folder.rmdir()  # the first save creates it: a run refused later leaves no empty folder
     except OSError as err:
-        raise UserError(f"checkpoints cannot be written to {folder} ({err.strerror or err}): make it a writable "
-                        "folder, or choose another paths.log_dir") from None
+        raise UserError(
+            f"checkpoints cannot be written to {folder} ({err.strerror or err}): make it a writable "
+            "folder, or choose another paths.log_dir"
+        ) from None
     for orphan in folder.glob(f".*.ckpt.*{TEMPORARY_SUFFIX}"):
         orphan.unlink(missing_ok=True)
 
@@ -77,8 +81,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # empty, truncated, corrupt, not a checkpoint, or a pickle that asks for code
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise UserError(f"checkpoint {str(path)!r} cannot be loaded safely ({type(err).__name__}: {reason}): not a "
-                        "complete checkpoint, or one that would run code when loaded") from None
+        raise UserError(
+            f"checkpoint {str(path)!r} cannot be loaded safely ({type(err).__name__}: {reason}): not a "
+            "complete checkpoint, or one that would run code when loaded"
+        ) from None
     if not isinstance(state, dict):
         raise UserError(f"checkpoint {str(path)!r} holds a {type(state).__name__}, not a checkpoint's dictionary")
     return state
@@ -107,16 +113,26 @@ def load_for_resume(path: Path, engine: str, model: nn.Module) -> dict[str, Any]
     state = load_checkpoint(path)
     writer = written_by(state)
     if writer is None:
-        raise UserError(f"ckpt_path={path} is not a checkpoint of either engine (it has neither engine=raw's "
-                        "'engine' entry nor Lightning's 'pytorch-lightning_version')")
+        raise UserError(
+            f"ckpt_path={path} is not a checkpoint of either engine (it has neither engine=raw's "
+            "'engine' entry nor Lightning's 'pytorch-lightning_version')"
+        )
     if writer != engine:
-        raise UserError(f"ckpt_path={path} was written by engine={writer}: resume it with that engine (its weights "
-                        "load anywhere with checkpoint.model_state_dict)")
+        raise UserError(
+            f"ckpt_path={path} was written by engine={writer}: resume it with that engine (its weights "
+            "load anywhere with checkpoint.model_state_dict)"
+        )
     if ("progress" if writer == "raw" else "optimizer_states") not in state:
-        raise UserError(f"ckpt_path={path} holds only the best weights, not the training state: resume from "
-                        "last.ckpt (ckpt_path=last)")
-    check_weights_fit(model_state_dict(state), model, f"ckpt_path={path}",
-                      "resume with the run's own model config (its .hydra/config.yaml)")
+        raise UserError(
+            f"ckpt_path={path} holds only the best weights, not the training state: resume from "
+            "last.ckpt (ckpt_path=last)"
+        )
+    check_weights_fit(
+        model_state_dict(state),
+        model,
+        f"ckpt_path={path}",
+        "resume with the run's own model config (its .hydra/config.yaml)",
+    )
     return state
 
 
@@ -127,8 +143,11 @@ def check_weights_fit(weights: dict[str, torch.Tensor], model: nn.Module, source
     if saved != expected:
         missing, unexpected = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys())
         resized = sorted(k for k in expected.keys() & saved.keys() if expected[k] != saved[k])
-        parts = [f"{name} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}" for name, keys in
-                 (("missing", missing), ("unexpected", unexpected), ("other shapes", resized)) if keys]
+        parts = [
+            f"{name} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for name, keys in (("missing", missing), ("unexpected", unexpected), ("other shapes", resized))
+            if keys
+        ]
         raise UserError(f"{source} holds the weights of another model ({'; '.join(parts)}): {fix}")
 
 
@@ -137,11 +156,17 @@ def load_weights(path: Path, model: nn.Module) -> None:
     a new run then trains with a new optimizer and schedule. Checked as a resume is: one line for a bad file."""
     state = load_checkpoint(path)
     if written_by(state) is None:
-        raise UserError(f"weights_from={path} is not a checkpoint of either engine (it has neither engine=raw's "
-                        "'engine' entry nor Lightning's 'pytorch-lightning_version')")
+        raise UserError(
+            f"weights_from={path} is not a checkpoint of either engine (it has neither engine=raw's "
+            "'engine' entry nor Lightning's 'pytorch-lightning_version')"
+        )
     weights = model_state_dict(state)
-    check_weights_fit(weights, model, f"weights_from={path}", "start from a checkpoint of the same model config "
-                      "(model=, model.* as in its run's .hydra/config.yaml)")
+    check_weights_fit(
+        weights,
+        model,
+        f"weights_from={path}",
+        "start from a checkpoint of the same model config (model=, model.* as in its run's .hydra/config.yaml)",
+    )
     model.load_state_dict(weights)
 
 

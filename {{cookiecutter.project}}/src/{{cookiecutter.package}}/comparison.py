@@ -32,12 +32,16 @@ BENCHMARK_SCRIPT = "benchmarks/engine_overhead.py"  # relative to the project ro
 BENCHMARK_README = "benchmarks/README.md"
 OUTPUT_TAIL_LINES = 15  # of a failed engine run, shown above the error line
 # The panels of comparison.png: (TensorBoard tag, y-axis label, log scale).
-PANELS = (("train/loss", "training loss (per logged step)", True),
-          ("val/loss", "validation loss (per epoch)", True),
-          ("val/acc", "validation accuracy (per epoch)", False))
+PANELS = (
+    ("train/loss", "training loss (per logged step)", True),
+    ("val/loss", "validation loss (per epoch)", True),
+    ("val/acc", "validation accuracy (per epoch)", False),
+)
 # Two lines that lie on top of each other when the engines agree: a wide pale one and a thin dashed one.
-STYLES = {"raw": {"color": "tab:blue", "linewidth": 4, "alpha": 0.45, "marker": "o"},
-          "lightning": {"color": "tab:red", "linewidth": 1.5, "linestyle": "--", "marker": "x"}}
+STYLES = {
+    "raw": {"color": "tab:blue", "linewidth": 4, "alpha": 0.45, "marker": "o"},
+    "lightning": {"color": "tab:red", "linewidth": 1.5, "linestyle": "--", "marker": "x"},
+}
 MARKERS_UP_TO = 60  # points per line; more would hide the lines
 
 
@@ -45,8 +49,10 @@ class EngineRunFailed(UserError):
     """An engine's `python train.py` exited with an error; its run folder and output log are kept."""
 
     def __init__(self, engine: str, exit_code: int, output_tail: list[str], log_path: Path) -> None:
-        super().__init__(f"engine={engine} failed with exit code {exit_code} (its last lines are above; all of its "
-                         f"output is in {log_path})")
+        super().__init__(
+            f"engine={engine} failed with exit code {exit_code} (its last lines are above; all of its "
+            f"output is in {log_path})"
+        )
         self.output_tail = output_tail
 
 
@@ -64,11 +70,15 @@ def check_overrides(overrides: list[str]) -> None:
     for override in overrides:
         key = override.lstrip("+~").split("=", 1)[0]
         if key == "engine" or key.startswith("engine."):
-            raise UserError(f"{override}: compare.py always trains both engines (raw, then lightning) with the same "
-                            f"config; remove it, or train one engine with: python train.py {override}")
+            raise UserError(
+                f"{override}: compare.py always trains both engines (raw, then lightning) with the same "
+                f"config; remove it, or train one engine with: python train.py {override}"
+            )
         if key == "ckpt_path":
-            raise UserError(f"{override}: compare.py trains both engines from scratch, and a checkpoint belongs to one "
-                            "engine's run; resume it with: python train.py engine=<engine> " + override)
+            raise UserError(
+                f"{override}: compare.py trains both engines from scratch, and a checkpoint belongs to one "
+                "engine's run; resume it with: python train.py engine=<engine> " + override
+            )
 
 
 def hydra_quoted(value: str) -> str:
@@ -82,8 +92,13 @@ def run_engine(engine: str, overrides: list[str], run_dir: Path, train_script: P
     Returns the process's wall time. Ctrl-C reaches the child too (same terminal): wait for it
     to save last.ckpt and stop, then report it like any other failure.
     """
-    command = [sys.executable, str(train_script), f"engine={engine}", *overrides,
-               f"hydra.run.dir={hydra_quoted(str(run_dir))}"]
+    command = [
+        sys.executable,
+        str(train_script),
+        f"engine={engine}",
+        *overrides,
+        f"hydra.run.dir={hydra_quoted(str(run_dir))}",
+    ]
     log_path = run_dir.with_name(f"{run_dir.name}.log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -116,8 +131,7 @@ def read_scalars(tensorboard_dir: Path) -> dict[str, list[tuple[int, float]]]:
     logging.getLogger("tensorboard").setLevel(logging.WARNING)  # its INFO lines about file switching
     events = EventAccumulator(str(tensorboard_dir), size_guidance={"scalars": 0})  # 0: keep all, no sampling
     events.Reload()
-    return {tag: sorted((event.step, event.value) for event in events.Scalars(tag))
-            for tag in events.Tags()["scalars"]}
+    return {tag: sorted((event.step, event.value) for event in events.Scalars(tag)) for tag in events.Tags()["scalars"]}
 
 
 def largest_difference(a: list[tuple[int, float]], b: list[tuple[int, float]]) -> tuple[float, int | None, int]:
@@ -139,8 +153,11 @@ def code_lines(path: Path) -> int:
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
             first = node.body[0]
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(
-                    first.value.value, str):
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
                 docstring_lines.update(range(first.lineno, (first.end_lineno or first.lineno) + 1))
     skipped = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}
     lines: set[int] = set()
@@ -180,11 +197,15 @@ def table_rows(raw: EngineRun, lit: EngineRun) -> list[tuple[str, str, str, str]
     runs = (raw, lit)
     per_step = largest_difference(raw.scalars.get("train/loss", []), lit.scalars.get("train/loss", []))
     epoch_s = [statistics.median(r.metrics["epoch_times_s"]) if r.metrics["epoch_times_s"] else None for r in runs]
-    steps_per_s = [r.metrics["global_step"] / sum(r.metrics["epoch_times_s"]) if r.metrics["epoch_times_s"] else None
-                   for r in runs]
+    steps_per_s = [
+        r.metrics["global_step"] / sum(r.metrics["epoch_times_s"]) if r.metrics["epoch_times_s"] else None for r in runs
+    ]
     rows = []
-    for label, key in (("final train/loss (last step)", "train/loss"), ("val/acc (last epoch)", "val/acc"),
-                       ("test/acc (best checkpoint)", "test/acc")):
+    for label, key in (
+        ("final train/loss (last step)", "train/loss"),
+        ("val/acc (last epoch)", "val/acc"),
+        ("test/acc (best checkpoint)", "test/acc"),
+    ):
         a, b = raw.metrics.get(key), lit.metrics.get(key)
         rows.append((label, number(a), number(b), difference(a, b)))
     rows.append((LOSS_DIFFERENCE, "", "", loss_difference(*per_step)))  # a value of the pair, not of each engine
@@ -192,12 +213,24 @@ def table_rows(raw: EngineRun, lit: EngineRun) -> list[tuple[str, str, str, str]
     seconds = [r.seconds for r in runs]
     rss = [r.metrics.get("peak_rss_mb") for r in runs]
     rows += [
-        ("time per epoch, median, training + validation (s)", number(epoch_s[0], 3), number(epoch_s[1], 3),
-         ratio(*epoch_s)),
-        ("optimizer steps per second (steps / time in epochs)", number(steps_per_s[0], 1), number(steps_per_s[1], 1),
-         ratio(*steps_per_s)),
-        ("start-up, process start to first training step (s)", number(startup[0], 2), number(startup[1], 2),
-         ratio(*startup)),
+        (
+            "time per epoch, median, training + validation (s)",
+            number(epoch_s[0], 3),
+            number(epoch_s[1], 3),
+            ratio(*epoch_s),
+        ),
+        (
+            "optimizer steps per second (steps / time in epochs)",
+            number(steps_per_s[0], 1),
+            number(steps_per_s[1], 1),
+            ratio(*steps_per_s),
+        ),
+        (
+            "start-up, process start to first training step (s)",
+            number(startup[0], 2),
+            number(startup[1], 2),
+            ratio(*startup),
+        ),
         ("whole `python train.py` process (s)", number(seconds[0], 2), number(seconds[1], 2), ratio(*seconds)),
         ("peak memory of the process, RSS (MB)", number(rss[0], 1), number(rss[1], 1), ratio(*rss)),
     ]
@@ -230,8 +263,9 @@ def benchmark_readme(out_dir: Path, project_root: Path | None) -> str:
     return f"[{BENCHMARK_README}]({link_from(out_dir, project_root / BENCHMARK_README)})"
 
 
-def write_report(raw: EngineRun, lit: EngineRun, overrides: list[str], out_dir: Path,
-                 project_root: Path | None = None) -> str:
+def write_report(
+    raw: EngineRun, lit: EngineRun, overrides: list[str], out_dir: Path, project_root: Path | None = None
+) -> str:
     """Write comparison.md and comparison.png into `out_dir`; return the table.
 
     `project_root` (the folder of train.py) makes the pointer to the benchmark's README a link."""

@@ -19,8 +19,11 @@ def progress_bar_enabled(trainer: DictConfig) -> bool:
 
 def print_epoch(epoch: int, metrics: Mapping[str, float]) -> None:
     """`epoch 3: train/loss 0.1234  val/loss 0.2345  val/acc 0.9500` (the latest value of each)."""
-    print(f"epoch {epoch}: " + "  ".join(f"{name} {float(metrics[name]):.4f}" for name in EPOCH_FIELDS
-                                         if name in metrics), flush=True)
+    print(
+        f"epoch {epoch}: "
+        + "  ".join(f"{name} {float(metrics[name]):.4f}" for name in EPOCH_FIELDS if name in metrics),
+        flush=True,
+    )
 
 
 def quiet_lightning() -> None:

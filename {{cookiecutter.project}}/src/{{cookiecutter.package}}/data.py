@@ -77,8 +77,10 @@ def limit_batches(num_batches: int, limit: int | float | None, key: str = "limit
     if limit > 1.0:
         raise UserError(f"limit_*_batches={limit} is a fraction above 1.0: use at most 1.0, or an int batch count")
     if int(num_batches * limit) == 0 and num_batches > 0 and limit > 0:
-        raise UserError(f"{key}={limit} is not valid here: {limit} of the {num_batches} batches is none; use at least "
-                        f"{1 / num_batches:.3g}, or a whole number of batches")
+        raise UserError(
+            f"{key}={limit} is not valid here: {limit} of the {num_batches} batches is none; use at least "
+            f"{1 / num_batches:.3g}, or a whole number of batches"
+        )
     return int(num_batches * limit)
 
 
@@ -92,7 +94,7 @@ class ResumableSampler(DistributedSampler):
         self.skip = samples
 
     def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())[self.skip:]
+        indices = list(super().__iter__())[self.skip :]
         self.skip = 0
         return iter(indices)
 
@@ -125,7 +127,7 @@ class Augmented(Dataset):
         if self.crop_padding:  # pad with zeros (after normalisation: the mean colour), cut a random window back
             pad, (height, width) = self.crop_padding, image.shape[-2:]
             top, left = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
-            image = torch.nn.functional.pad(image, (pad, pad, pad, pad))[..., top:top + height, left:left + width]
+            image = torch.nn.functional.pad(image, (pad, pad, pad, pad))[..., top : top + height, left : left + width]
         if self.horizontal_flip and torch.rand((), generator=generator) < 0.5:
             image = image.flip(-1)
         return image, label
@@ -134,8 +136,9 @@ class Augmented(Dataset):
 class DataPipeline:
     """Datasets and loaders for `data=<name>`, split deterministically from the seed."""
 
-    def __init__(self, cfg: DictConfig, seed: int, batch_limits: DictConfig | None = None,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, cfg: DictConfig, seed: int, batch_limits: DictConfig | None = None, device: torch.device | str = "cpu"
+    ) -> None:
         """`batch_limits`: the trainer config, whose limit_*_batches setup() checks against the split sizes;
         `device`: the training device, where data.loader=tensor keeps the splits."""
         if cfg.name not in DATASETS:
@@ -167,15 +170,15 @@ class DataPipeline:
         else:
             full_train = self._torchvision(train=True, download=False)
             n_val = round(len(full_train) * self.cfg.val_fraction)
-            self.train_set, self.val_set = random_split(full_train, [len(full_train) - n_val, n_val],
-                                                        split_generator)
+            self.train_set, self.val_set = random_split(full_train, [len(full_train) - n_val, n_val], split_generator)
             self.test_set = self._torchvision(train=False, download=False)
         augment = self.cfg.get("augment") or {}
         if self.tensor:  # decoded once, kept on the device; the loader augments whole batches there
             self._to_tensors()
         elif augment.get("crop_padding") or augment.get("horizontal_flip"):  # the training split only
-            self.train_set = Augmented(self.train_set, self.seed, augment.get("crop_padding", 0),
-                                       augment.get("horizontal_flip", False))
+            self.train_set = Augmented(
+                self.train_set, self.seed, augment.get("crop_padding", 0), augment.get("horizontal_flip", False)
+            )
         if self.batch_limits is not None:  # before any training, in both engines: a limit that leaves no batch
             for split in ("train", "val", "test"):
                 key = f"limit_{split}_batches"
@@ -207,12 +210,21 @@ class DataPipeline:
         # reads every world_size-th sample of that order (padded to equal shares); in one process, all.
         ranks, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
         sampler_class = EpochSampler if isinstance(dataset, Augmented) else ResumableSampler
-        sampler = sampler_class(dataset, num_replicas=ranks, rank=rank, shuffle=shuffle, seed=self.seed) \
-            if shuffle or ranks > 1 else None
+        sampler = (
+            sampler_class(dataset, num_replicas=ranks, rank=rank, shuffle=shuffle, seed=self.seed)
+            if shuffle or ranks > 1
+            else None
+        )
         if self.tensor:  # the same sampler, the batches cut on the device (augmented: the training split)
             augment = (self.cfg.get("augment") or {}) if dataset is self.train_set else {}
-            return TensorLoader(dataset, self.cfg.batch_size, sampler, self.seed, augment.get("crop_padding", 0),
-                                augment.get("horizontal_flip", False))
+            return TensorLoader(
+                dataset,
+                self.cfg.batch_size,
+                sampler,
+                self.seed,
+                augment.get("crop_padding", 0),
+                augment.get("horizontal_flip", False),
+            )
         workers = self.cfg.num_workers
         return DataLoader(
             dataset,
@@ -230,9 +242,11 @@ class DataPipeline:
         """data.loader=tensor: each split as one tensor on the device, decoded from the arrays the datasets read
         from their files (tensor_loader.decode), not image by image through the transform."""
         if self.batch_limits is not None and self.batch_limits.get("overfit_batches"):
-            raise UserError(f"trainer.overfit_batches={self.batch_limits.overfit_batches} with data.loader=tensor is "
-                            "not implemented (Lightning can only swap the sampler of a DataLoader): use "
-                            "data.loader=dataloader")
+            raise UserError(
+                f"trainer.overfit_batches={self.batch_limits.overfit_batches} with data.loader=tensor is "
+                "not implemented (Lightning can only swap the sampler of a DataLoader): use "
+                "data.loader=dataloader"
+            )
         mean, std = normalization(self.cfg.name)
         for name in ("train_set", "val_set", "test_set"):  # the seeded split's indices (Subset) kept
             setattr(self, name, TensorSplit(*decode(getattr(self, name)), mean, std, self.device))

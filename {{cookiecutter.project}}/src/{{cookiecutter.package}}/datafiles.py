@@ -24,25 +24,35 @@ RETRY = "put torchvision's file there, or set data.download=true on a machine wi
 GZIP_MAGIC = b"\x1f\x8b"
 
 
-def torchvision_error(name: str, dataset_class: type, root: str, train: bool, download: bool,
-                      err: Exception) -> UserError | None:
+def torchvision_error(
+    name: str, dataset_class: type, root: str, train: bool, download: bool, err: Exception
+) -> UserError | None:
     """The UserError for `data=<name>`, whose torchvision dataset failed with `err`: the first damaged file, else
     the missing ones (data.download=false) or the failed download. None when no file explains `err`."""
     root_path = Path(os.path.expanduser(root)).absolute()  # torchvision expands ~ too
     if hasattr(dataset_class, "train_list"):  # CIFAR-10: one archive holds every batch file
         folder = root_path / dataset_class.base_folder
         archive = (root_path / dataset_class.filename, dataset_class.tgz_md5)
-        files = [(folder / file, md5, _pickle_problem, archive)
-                 for file, md5 in [*dataset_class.train_list, *dataset_class.test_list,
-                                   (dataset_class.meta["filename"], dataset_class.meta["md5"])]]
+        files = [
+            (folder / file, md5, _pickle_problem, archive)
+            for file, md5 in [
+                *dataset_class.train_list,
+                *dataset_class.test_list,
+                (dataset_class.meta["filename"], dataset_class.meta["md5"]),
+            ]
+        ]
     else:  # MNIST, FashionMNIST: one .gz per file, which torchvision extracts next to it
         folder = root_path / dataset_class.__name__ / "raw"
         images, labels = mnist_split_files(dataset_class, root, train)
         if images == labels:  # torchvision read the processed/*.pt an old torchvision left, not the raw files
-            return UserError(f"data={name}: {images} is not a dataset torch.load can read ({_one_line(err)}): "
-                             f"delete {images.parent}, and torchvision reads the files of {folder} instead")
-        files = [(folder / gz.removesuffix(".gz"), None, _idx_problem, (folder / gz, md5))
-                 for gz, md5 in dataset_class.resources]
+            return UserError(
+                f"data={name}: {images} is not a dataset torch.load can read ({_one_line(err)}): "
+                f"delete {images.parent}, and torchvision reads the files of {folder} instead"
+            )
+        files = [
+            (folder / gz.removesuffix(".gz"), None, _idx_problem, (folder / gz, md5))
+            for gz, md5 in dataset_class.resources
+        ]
 
     archive_problems: dict[Path, tuple[str, str] | None] = {}
 
@@ -53,8 +63,11 @@ def torchvision_error(name: str, dataset_class: type, root: str, train: bool, do
 
     for path, md5, problem_of, (archive_path, archive_md5) in files:
         if path.exists() and (problem := _examine(path, md5, problem_of)):
-            fix = RETRY if archive_problem(archive_path, archive_md5) else \
-                f"set data.download=true, which extracts it again from {archive_path} without the network"
+            fix = (
+                RETRY
+                if archive_problem(archive_path, archive_md5)
+                else f"set data.download=true, which extracts it again from {archive_path} without the network"
+            )
             return UserError(f"data={name}: {path} is {problem[0]} ({problem[1]}): delete it and {fix}")
     missing = [(path, archive) for path, _, _, archive in files if not path.exists()]
     if not missing:
@@ -65,9 +78,11 @@ def torchvision_error(name: str, dataset_class: type, root: str, train: bool, do
     extractable = not any(archive_problem(*archive) for _, archive in missing)
     if download:
         what = "extracting" if extractable else "downloading"
-        return UserError(f"data={name}: {what} the {dataset_class.__name__} files into {folder} failed "
-                         f"({_one_line(err)}): run on a machine with internet, put torchvision's files there "
-                         f"yourself, or train on the bundled data with data=digits")
+        return UserError(
+            f"data={name}: {what} the {dataset_class.__name__} files into {folder} failed "
+            f"({_one_line(err)}): run on a machine with internet, put torchvision's files there "
+            f"yourself, or train on the bundled data with data=digits"
+        )
     if len(missing) == len(files):
         where = f"the {dataset_class.__name__} files are not in {folder}"
     elif len(missing) == 1:
@@ -76,11 +91,15 @@ def torchvision_error(name: str, dataset_class: type, root: str, train: bool, do
         where = f"{', '.join(path.name for path, _ in missing)} are missing from {folder}"
     if extractable:
         archives = ", ".join(dict.fromkeys(str(archive_path) for _, (archive_path, _) in missing))
-        fix = f"set data.download=true, which extracts {'it' if len(missing) == 1 else 'them'} from {archives} " \
-              f"without the network"
+        fix = (
+            f"set data.download=true, which extracts {'it' if len(missing) == 1 else 'them'} from {archives} "
+            f"without the network"
+        )
     else:
-        fix = "put torchvision's files there, set data.download=true on a machine with internet, or train on the " \
-              "bundled data with data=digits"
+        fix = (
+            "put torchvision's files there, set data.download=true on a machine with internet, or train on the "
+            "bundled data with data=digits"
+        )
     return UserError(f"data={name}: {where} and data.download=false: {fix}")
 
 
@@ -100,15 +119,21 @@ def check_mnist_contents(name: str, dataset: Dataset, images: Path, labels: Path
     that name a class (otherwise the first batch fails, in the model or in the loss)."""
     data, targets, classes = dataset.data, dataset.targets, len(dataset.classes)
     if tuple(data.shape[1:]) != (28, 28):
-        raise UserError(f"data={name}: {images} is not 28x28 images (its images are "
-                        f"{'x'.join(map(str, data.shape[1:]))}): delete it and {RETRY}")
+        raise UserError(
+            f"data={name}: {images} is not 28x28 images (its images are "
+            f"{'x'.join(map(str, data.shape[1:]))}): delete it and {RETRY}"
+        )
     if len(targets) != len(data):
-        raise UserError(f"data={name}: {labels} is not the label file of {images} ({len(targets)} labels for "
-                        f"{len(data)} images): delete both and {RETRY.replace('file', 'files')}")
+        raise UserError(
+            f"data={name}: {labels} is not the label file of {images} ({len(targets)} labels for "
+            f"{len(data)} images): delete both and {RETRY.replace('file', 'files')}"
+        )
     if len(targets) and int(targets.max()) >= classes:
         index = int((targets >= classes).nonzero()[0])
-        raise UserError(f"data={name}: {labels} is damaged (label {int(targets[index])} at position {index}, "
-                        f"expected 0-{classes - 1}): delete it and {RETRY}")
+        raise UserError(
+            f"data={name}: {labels} is damaged (label {int(targets[index])} at position {index}, "
+            f"expected 0-{classes - 1}): delete it and {RETRY}"
+        )
 
 
 def _examine(path: Path, md5: str | None, problem_of) -> tuple[str, str] | None:
@@ -137,8 +162,10 @@ def _idx_problem(path: Path, md5: None = None) -> tuple[str, str] | None:
         return "truncated", f"{size} bytes, less than its 4-byte magic number"
     if (magic := int.from_bytes(head[:4], "big")) != expected_magic:
         kind = "image" if ndim == 3 else "label"
-        return f"not an IDX {kind} file", f"magic number 0x{magic:08X}, expected 0x{expected_magic:08X}; " \
-                                          f"{_describe_start(head)}"
+        return (
+            f"not an IDX {kind} file",
+            f"magic number 0x{magic:08X}, expected 0x{expected_magic:08X}; {_describe_start(head)}",
+        )
     if len(head) < 4 + 4 * ndim:
         return "truncated", f"{size} bytes, less than its {4 + 4 * ndim}-byte header"
     expected = 4 + 4 * ndim + prod(struct.unpack(f">{ndim}I", head[4:]))

@@ -57,8 +57,7 @@ def started_by_launcher() -> str | None:
     when a launcher started this process as one worker of several, from its environment variables; else None."""
     if all(name in os.environ for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")):
         return "torchelastic"
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and os.environ.get("SLURM_JOB_NAME") not in ("bash",
-                                                                                                 "interactive"):
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
         return "slurm"
     return None
 
@@ -69,8 +68,7 @@ def launched_world() -> World | None:
     if launcher == "torchelastic":
         return World(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
     if launcher == "slurm":
-        return World(int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_LOCALID"]),
-                     int(os.environ["SLURM_NTASKS"]))
+        return World(int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_LOCALID"]), int(os.environ["SLURM_NTASKS"]))
     return None
 
 
@@ -89,44 +87,61 @@ def processes_per_node(trainer: DictConfig) -> int:
         return devices
     if isinstance(devices, str) and devices.isdigit() and int(devices) >= 1:
         return int(devices)
-    raise UserError(f"trainer.devices={devices!r} is not valid with trainer.strategy=ddp: give the number of "
-                    "processes per node (e.g. trainer.devices=2), or 'auto' for every CUDA GPU")
+    raise UserError(
+        f"trainer.devices={devices!r} is not valid with trainer.strategy=ddp: give the number of "
+        "processes per node (e.g. trainer.devices=2), or 'auto' for every CUDA GPU"
+    )
 
 
 def check_distributed(trainer: DictConfig) -> None:
     """Refuse device counts and launchers that do not fit the strategy, before any process starts."""
     strategy = trainer.get("strategy", "auto")
     if strategy not in ("auto", "ddp"):
-        raise UserError(f"trainer.strategy={strategy!r} is not supported by this project: use 'auto' (one process) "
-                        "or 'ddp' (trainer=ddp, trainer=ddp_cpu)")
+        raise UserError(
+            f"trainer.strategy={strategy!r} is not supported by this project: use 'auto' (one process) "
+            "or 'ddp' (trainer=ddp, trainer=ddp_cpu)"
+        )
     world = launched_world()
     if not is_ddp(trainer):
         if world is not None and world.size > 1:
-            raise UserError(f"this process was started as one of {world.size} workers (RANK/WORLD_SIZE are set) "
-                            f"but trainer.strategy={strategy}: use trainer=ddp or "
-                            "trainer=ddp_cpu")
+            raise UserError(
+                f"this process was started as one of {world.size} workers (RANK/WORLD_SIZE are set) "
+                f"but trainer.strategy={strategy}: use trainer=ddp or "
+                "trainer=ddp_cpu"
+            )
         if trainer.devices not in (1, "1", [0], "auto"):
-            raise UserError(f"trainer.devices={trainer.devices} asks for several devices on one process: use "
-                            "trainer=ddp (CUDA GPUs) or trainer=ddp_cpu (CPU processes) to train on several")
+            raise UserError(
+                f"trainer.devices={trainer.devices} asks for several devices on one process: use "
+                "trainer=ddp (CUDA GPUs) or trainer=ddp_cpu (CPU processes) to train on several"
+            )
         return
     if trainer.accelerator not in ("cpu", "gpu", "cuda"):
-        raise UserError(f"trainer.strategy=ddp with trainer.accelerator={trainer.accelerator}: DDP runs on "
-                        "accelerator=gpu (nccl) or accelerator=cpu (gloo)")
+        raise UserError(
+            f"trainer.strategy=ddp with trainer.accelerator={trainer.accelerator}: DDP runs on "
+            "accelerator=gpu (nccl) or accelerator=cpu (gloo)"
+        )
     per_node = processes_per_node(trainer)
     num_nodes = trainer.get("num_nodes", 1)
     if world is None and num_nodes > 1:
-        raise UserError(f"trainer.num_nodes={num_nodes}: start the run on every node with torchrun (or srun), "
-                        "which sets RANK and WORLD_SIZE; README: Distributed training, several machines")
+        raise UserError(
+            f"trainer.num_nodes={num_nodes}: start the run on every node with torchrun (or srun), "
+            "which sets RANK and WORLD_SIZE; README: Distributed training, several machines"
+        )
     if trainer.accelerator in ("gpu", "cuda") and per_node > torch.cuda.device_count():
-        raise UserError(f"trainer.devices={per_node} asks for {per_node} CUDA GPUs per node, but this machine has "
-                        f"{torch.cuda.device_count()}: lower trainer.devices, or use trainer=ddp_cpu")
+        raise UserError(
+            f"trainer.devices={per_node} asks for {per_node} CUDA GPUs per node, but this machine has "
+            f"{torch.cuda.device_count()}: lower trainer.devices, or use trainer=ddp_cpu"
+        )
     if world is not None and world.size != per_node * num_nodes:
-        raise UserError(f"the launcher started {world.size} processes but trainer.devices={per_node} x "
-                        f"trainer.num_nodes={num_nodes} = {per_node * num_nodes}: make them match (e.g. "
-                        f"torchrun --nproc-per-node {per_node}, or trainer.devices=...)")
+        raise UserError(
+            f"the launcher started {world.size} processes but trainer.devices={per_node} x "
+            f"trainer.num_nodes={num_nodes} = {per_node * num_nodes}: make them match (e.g. "
+            f"torchrun --nproc-per-node {per_node}, or trainer.devices=...)"
+        )
 
 
 # --- the process that was started plainly: launch the workers and wait for them --------------------------
+
 
 def launch_workers(cfg: DictConfig, run_dir: Path) -> None:
     """Run `trainer.devices` workers of this run on this machine with torch elastic (as torchrun would).
@@ -146,21 +161,32 @@ def launch_workers(cfg: DictConfig, run_dir: Path) -> None:
         config_file = Path(scratch) / "config.yaml"
         OmegaConf.save(cfg, config_file, resolve=True)
         launch = LaunchConfig(
-            min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=run_dir.name,
-            rdzv_backend=LOOPBACK_RENDEZVOUS, rdzv_endpoint=f"{LOOPBACK}:0",  # port 0: free ports, no race
-            rdzv_configs={"join_timeout": cfg.distributed.timeout_s}, max_restarts=0, monitor_interval=0.1,
+            min_nodes=1,
+            max_nodes=1,
+            nproc_per_node=nproc,
+            run_id=run_dir.name,
+            rdzv_backend=LOOPBACK_RENDEZVOUS,
+            rdzv_endpoint=f"{LOOPBACK}:0",  # port 0: free ports, no race
+            rdzv_configs={"join_timeout": cfg.distributed.timeout_s},
+            max_restarts=0,
+            monitor_interval=0.1,
             shutdown_timeout=60,  # seconds the workers get to exit (and save, on SIGTERM) before SIGKILL
-            logs_specs=DefaultLogsSpecs(log_dir=str(Path(scratch) / "logs")), local_addr=LOOPBACK,
+            logs_specs=DefaultLogsSpecs(log_dir=str(Path(scratch) / "logs")),
+            local_addr=LOOPBACK,
         )
-        print(f"launching {nproc} {cfg.engine.name} workers (torch elastic, {backend(cfg.trainer)}); "
-              f"ranks > 0 log to {run_dir}/rank<N>.log", flush=True)
+        print(
+            f"launching {nproc} {cfg.engine.name} workers (torch elastic, {backend(cfg.trainer)}); "
+            f"ranks > 0 log to {run_dir}/rank<N>.log",
+            flush=True,
+        )
         # The launcher logs each failure and SIGTERM it sends; the one-line error below says it all.
         for name in list(logging.root.manager.loggerDict):
             if name.startswith("torch.distributed.elastic"):
                 logging.getLogger(name).setLevel(logging.CRITICAL)
         try:
             elastic_launch(launch, entrypoint=sys.executable)(
-                "-u", "-m", f"{__package__}.worker", str(config_file), str(run_dir))
+                "-u", "-m", f"{__package__}.worker", str(config_file), str(run_dir)
+            )
         except ChildFailedError as failed:
             raise UserError(describe_failure(failed, run_dir)) from None
         except SignalException as stop:  # SIGTERM/Ctrl-C: the launcher passed it on to every worker
@@ -209,9 +235,15 @@ def loopback_rendezvous(params):
             return loopback_store(timeout)
 
     store = loopback_store(timeout)  # the rendezvous' own (torch's c10d backend would bind it to every interface)
-    return LoopbackRendezvousHandler.from_backend(params.run_id, store, C10dRendezvousBackend(store, params.run_id),
-                                                  params.min_nodes, params.max_nodes, params.local_addr,
-                                                  RendezvousTimeout(join=timeout))
+    return LoopbackRendezvousHandler.from_backend(
+        params.run_id,
+        store,
+        C10dRendezvousBackend(store, params.run_id),
+        params.min_nodes,
+        params.max_nodes,
+        params.local_addr,
+        RendezvousTimeout(join=timeout),
+    )
 
 
 def stopped_workers(signum: int, run_dir: Path) -> TrainingStopped:
@@ -239,12 +271,16 @@ def describe_failure(failed, run_dir: Path) -> str:
     log = run_dir / f"rank{rank}.log"  # the worker wrote its traceback there (worker.py)
     message = str(message).strip().splitlines()[-1] + (f" (its traceback: {log})" if log.is_file() else "")
     last = run_dir / "checkpoints" / "last.ckpt"
-    left = (f"{last} holds the last completed epoch: resume with ckpt_path={last}" if last.is_file()
-            else "no checkpoint was written before it")
+    left = (
+        f"{last} holds the last completed epoch: resume with ckpt_path={last}"
+        if last.is_file()
+        else "no checkpoint was written before it"
+    )
     return f"rank {rank} of the distributed run failed: {message}. The other ranks were stopped; {left}"
 
 
 # --- a worker: join the group, train, leave ----------------------------------------------------------------
+
 
 def backend(trainer: DictConfig) -> str:
     return "nccl" if trainer.accelerator in ("gpu", "cuda") else "gloo"
@@ -269,8 +305,10 @@ def process_group(cfg: DictConfig, run_dir: Path) -> Iterator[World]:
         set_slurm_main_address()
     for name in ("MASTER_ADDR", "MASTER_PORT"):
         if name not in os.environ:
-            raise UserError(f"{name} is not set: rank {world.rank} of {world.size} cannot find rank 0. torchrun sets "
-                            "it; under srun export MASTER_ADDR and MASTER_PORT (README: Distributed training)")
+            raise UserError(
+                f"{name} is not set: rank {world.rank} of {world.size} cannot find rank 0. torchrun sets "
+                "it; under srun export MASTER_ADDR and MASTER_PORT (README: Distributed training)"
+            )
     if "OMP_NUM_THREADS" not in os.environ:  # processes on one CPU share its cores, as torchrun arranges
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_node))
@@ -281,14 +319,17 @@ def process_group(cfg: DictConfig, run_dir: Path) -> Iterator[World]:
     timeout = cfg.distributed.timeout_s
     address = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
     try:
-        dist.init_process_group(backend(cfg.trainer), rank=world.rank, world_size=world.size,
-                                timeout=datetime.timedelta(seconds=timeout))
+        dist.init_process_group(
+            backend(cfg.trainer), rank=world.rank, world_size=world.size, timeout=datetime.timedelta(seconds=timeout)
+        )
         dist.barrier()  # every rank has joined: the rendezvous formed
     except (RuntimeError, ValueError) as err:  # DistStoreError, DistNetworkError are RuntimeErrors
-        raise UserError(f"the process group did not form within distributed.timeout_s={timeout}: rank "
-                        f"{world.rank} of {world.size} waited for the others at {address} "
-                        f"({str(err).strip().splitlines()[0]}). Check that every rank was started, with the same "
-                        "MASTER_ADDR/MASTER_PORT (torchrun --rdzv-endpoint) and reachable ports") from None
+        raise UserError(
+            f"the process group did not form within distributed.timeout_s={timeout}: rank "
+            f"{world.rank} of {world.size} waited for the others at {address} "
+            f"({str(err).strip().splitlines()[0]}). Check that every rank was started, with the same "
+            "MASTER_ADDR/MASTER_PORT (torchrun --rdzv-endpoint) and reachable ports"
+        ) from None
     try:
         yield world
         dist.barrier()  # every rank is done: none tears the group down while another still uses it
@@ -328,8 +369,12 @@ def set_slurm_main_address() -> None:
     import subprocess
 
     if "MASTER_ADDR" not in os.environ and "SLURM_JOB_NODELIST" in os.environ:
-        hosts = subprocess.run(["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]],
-                               capture_output=True, text=True, check=False).stdout.split()
+        hosts = subprocess.run(
+            ["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
         if hosts:
             os.environ["MASTER_ADDR"] = hosts[0]
     if "MASTER_PORT" not in os.environ and "SLURM_JOB_ID" in os.environ:

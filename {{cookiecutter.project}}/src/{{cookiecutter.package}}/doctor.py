@@ -256,9 +256,7 @@ def check_devices(report: Report, devices: list[str], require_gpu: bool) -> None
 def main(argv: list[str] | None = None) -> int:
     summary = (__doc__ or "").split("\n")[0]
     parser = argparse.ArgumentParser(prog=f"python -m {package_name()}.doctor", description=summary)
-    parser.add_argument(
-        "--require-gpu", action="store_true", help="fail unless an accelerator passes the check"
-    )
+    parser.add_argument("--require-gpu", action="store_true", help="fail unless an accelerator passes the check")
     args = parser.parse_args(argv)
 
     report = Report()

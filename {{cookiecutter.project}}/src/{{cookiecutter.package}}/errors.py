@@ -20,5 +20,6 @@ class TrainingStopped(Exception):
     def by_signal(cls, signum: int | None, epoch: int, global_step: int, checkpoint_dir: Path) -> "TrainingStopped":
         signum = signum or signal.SIGTERM  # None: another DDP rank's signal (a launcher sends SIGTERM)
         name, checkpoint = signal.Signals(signum).name, checkpoint_dir / "last.ckpt"
-        return cls(f"stopped by {name} at epoch {epoch}, step {global_step}; saved {checkpoint}", 128 + signum,
-                   checkpoint)
+        return cls(
+            f"stopped by {name} at epoch {epoch}, step {global_step}; saved {checkpoint}", 128 + signum, checkpoint
+        )

@@ -41,8 +41,10 @@ def evaluate(cfg: DictConfig, run_dir: Path, overrides: list[str] | tuple[str, .
     that change the training run's config."""
     started = time.perf_counter()
     if cfg.ckpt_path in (None, "", "null", "None"):
-        raise UserError("ckpt_path is required: ckpt_path=last (the newest run of engine=<name>) or ckpt_path=<file> "
-                        "(a run's checkpoints/best.ckpt or last.ckpt)")
+        raise UserError(
+            "ckpt_path is required: ckpt_path=last (the newest run of engine=<name>) or ckpt_path=<file> "
+            "(a run's checkpoints/best.ckpt or last.ckpt)"
+        )
     validate(cfg)  # the command line's values, before any file is read
     if not SPLIT.test(cfg.split):
         raise UserError(f"split={shown(cfg.split)} is not valid: {SPLIT.accepted}")
@@ -54,8 +56,13 @@ def evaluate(cfg: DictConfig, run_dir: Path, overrides: list[str] | tuple[str, .
     # The model of the training run's config, with the checkpoint's weights (one line naming the keys that differ).
     model = build_model({**eval_cfg.model, "compile": False})
     weights = model_state_dict(state)
-    check_weights_fit(weights, model, f"ckpt_path={checkpoint}", "evaluate with the training run's own model "
-                      f"config (leave model.* and data.channels/num_classes as in {config_from})")
+    check_weights_fit(
+        weights,
+        model,
+        f"ckpt_path={checkpoint}",
+        "evaluate with the training run's own model "
+        f"config (leave model.* and data.channels/num_classes as in {config_from})",
+    )
     model.load_state_dict(weights)
     if eval_cfg.model.get("compile"):
         model.compile()
@@ -84,8 +91,9 @@ def evaluate(cfg: DictConfig, run_dir: Path, overrides: list[str] | tuple[str, .
         f"{split}/loss": results["loss"],
         f"{split}/acc": results["acc"],
         # Per true class: the share of its samples predicted as it (null: no sample of the class was evaluated).
-        f"{split}/per_class_acc": [round(matrix[c, c].item() / total, 6) if total else None
-                                   for c, total in enumerate(totals.tolist())],
+        f"{split}/per_class_acc": [
+            round(matrix[c, c].item() / total, 6) if total else None for c, total in enumerate(totals.tolist())
+        ],
         "samples": int(totals.sum()),
         "confusion_matrix": matrix.tolist(),  # rows: true class, columns: predicted class
         "ckpt_path": str(checkpoint),
@@ -97,8 +105,10 @@ def evaluate(cfg: DictConfig, run_dir: Path, overrides: list[str] | tuple[str, .
         "run_dir": str(run_dir),
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    print(f"engine={metrics['engine']} {split}/acc={results['acc']:.4f} {split}/loss={results['loss']:.4f} "
-          f"samples={metrics['samples']} ckpt={checkpoint} (engine={writer}) run={run_dir}")
+    print(
+        f"engine={metrics['engine']} {split}/acc={results['acc']:.4f} {split}/loss={results['loss']:.4f} "
+        f"samples={metrics['samples']} ckpt={checkpoint} (engine={writer}) run={run_dir}"
+    )
     return metrics
 
 
@@ -111,8 +121,10 @@ def training_config(state: dict[str, Any], writer: str, checkpoint: Path) -> tup
     else:
         saved = checkpoint.parent.parent / ".hydra" / "config.yaml"
         if checkpoint.parent.name != "checkpoints" or not saved.is_file():
-            raise UserError(f"ckpt_path={checkpoint}: a checkpoint of engine={writer} holds no config, and there is no "
-                            f"{saved} beside it: evaluate it in its run folder (<run>/checkpoints/{checkpoint.name})")
+            raise UserError(
+                f"ckpt_path={checkpoint}: a checkpoint of engine={writer} holds no config, and there is no "
+                f"{saved} beside it: evaluate it in its run folder (<run>/checkpoints/{checkpoint.name})"
+            )
         cfg, source = OmegaConf.load(saved), str(saved)
     if cfg.get("seed") is None:  # seed=null: the seed the run drew from its folder's name (launch.drawn_seed)
         cfg.seed = drawn_seed(checkpoint.parent.parent)
@@ -125,14 +137,17 @@ def load_training_run(checkpoint: Path) -> tuple[dict[str, Any], str, DictConfig
     state = load_checkpoint(checkpoint)
     writer = written_by(state)
     if writer is None:
-        raise UserError(f"ckpt_path={checkpoint} is not a checkpoint of either engine (it has neither engine=raw's "
-                        "'engine' entry nor Lightning's 'pytorch-lightning_version')")
+        raise UserError(
+            f"ckpt_path={checkpoint} is not a checkpoint of either engine (it has neither engine=raw's "
+            "'engine' entry nor Lightning's 'pytorch-lightning_version')"
+        )
     trained, config_from = training_config(state, writer, checkpoint)
     return state, writer, trained, config_from
 
 
-def evaluation_config(trained: DictConfig, cfg: DictConfig, overrides: list[str] | tuple[str, ...],
-                      checkpoint: Path) -> DictConfig:
+def evaluation_config(
+    trained: DictConfig, cfg: DictConfig, overrides: list[str] | tuple[str, ...], checkpoint: Path
+) -> DictConfig:
     """The training run's config with this machine's paths, one process, and each key the command line gave
     (its value as configs/eval.yaml composed it: a group such as trainer=cpu replaces the whole group)."""
     merged = trained.copy()
@@ -149,17 +164,25 @@ def evaluation_config(trained: DictConfig, cfg: DictConfig, overrides: list[str]
                 node.pop(name, None)
         else:
             OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False)
-    merged.merge_with({"paths": cfg.paths, "engine": cfg.engine, "task": cfg.task, "split": cfg.split,
-                       "ckpt_path": str(checkpoint)})
+    merged.merge_with(
+        {"paths": cfg.paths, "engine": cfg.engine, "task": cfg.task, "split": cfg.split, "ckpt_path": str(checkpoint)}
+    )
     if list(cfg.logger or {}) != ["tensorboard"]:
-        raise UserError(f"logger={','.join(cfg.logger or {}) or 'none'} is not valid here: evaluate.py writes its "
-                        "events to TensorBoard, logger=tensorboard (the default)")
+        raise UserError(
+            f"logger={','.join(cfg.logger or {}) or 'none'} is not valid here: evaluate.py writes its "
+            "events to TensorBoard, logger=tensorboard (the default)"
+        )
     merged.logger = cfg.logger  # the evaluation's own outputs, whichever loggers the training run had
     devices = merged.trainer.devices
-    if is_ddp(merged.trainer) or merged.trainer.num_nodes != 1 or not (devices == 1 or (
-            OmegaConf.is_list(devices) and len(devices) == 1)):
-        raise UserError("evaluate.py evaluates in one process on one device: leave trainer.strategy, "
-                        "trainer.devices and trainer.num_nodes out of its overrides")
+    if (
+        is_ddp(merged.trainer)
+        or merged.trainer.num_nodes != 1
+        or not (devices == 1 or (OmegaConf.is_list(devices) and len(devices) == 1))
+    ):
+        raise UserError(
+            "evaluate.py evaluates in one process on one device: leave trainer.strategy, "
+            "trainer.devices and trainer.num_nodes out of its overrides"
+        )
     return merged
 
 
@@ -173,7 +196,7 @@ class ConfusionCounts:
     @torch.no_grad()
     def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
         pairs = targets.cpu() * self.num_classes + logits.argmax(dim=1).cpu()
-        self.matrix += torch.bincount(pairs, minlength=self.num_classes ** 2).reshape(self.num_classes, -1)
+        self.matrix += torch.bincount(pairs, minlength=self.num_classes**2).reshape(self.num_classes, -1)
 
 
 def save_png(image: Any, path: Path) -> None:
@@ -182,8 +205,9 @@ def save_png(image: Any, path: Path) -> None:
     Image.fromarray(image).save(path)
 
 
-def evaluate_raw(cfg: DictConfig, model: nn.Module, loader: DataLoader, num_batches: int, counts: ConfusionCounts,
-                 run_dir: Path) -> tuple[dict[str, float], str]:
+def evaluate_raw(
+    cfg: DictConfig, model: nn.Module, loader: DataLoader, num_batches: int, counts: ConfusionCounts, run_dir: Path
+) -> tuple[dict[str, float], str]:
     """engine=raw: test_loop's evaluation, by hand; the scalars and figures under the training run's test tags."""
     from torch.utils.tensorboard import SummaryWriter
 
@@ -210,8 +234,9 @@ def evaluate_raw(cfg: DictConfig, model: nn.Module, loader: DataLoader, num_batc
     return metrics, str(device)
 
 
-def evaluate_lightning(cfg: DictConfig, model: nn.Module, loader: DataLoader, num_batches: int,
-                       counts: ConfusionCounts, run_dir: Path) -> tuple[dict[str, float], str]:
+def evaluate_lightning(
+    cfg: DictConfig, model: nn.Module, loader: DataLoader, num_batches: int, counts: ConfusionCounts, run_dir: Path
+) -> tuple[dict[str, float], str]:
     """engine=lightning: Trainer.test on the training's Classifier, with its TensorBoard callback."""
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -220,20 +245,38 @@ def evaluate_lightning(cfg: DictConfig, model: nn.Module, loader: DataLoader, nu
     from .engines import lightning as engine
 
     class CountConfusion(L.Callback):
-        def on_test_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
-                              batch_idx: int, dataloader_idx: int = 0) -> None:
+        def on_test_batch_end(
+            self,
+            trainer: L.Trainer,
+            module: L.LightningModule,
+            outputs: Any,
+            batch: Any,
+            batch_idx: int,
+            dataloader_idx: int = 0,
+        ) -> None:
             counts.update(outputs, batch[1])  # outputs: test_step's logits
 
     console.quiet_lightning()
     module = engine.Classifier(model, cfg)
-    logger = TensorBoardLogger(save_dir=run_dir, name=cfg.logger.tensorboard.subdir, version="",
-                               default_hp_metric=False)
+    logger = TensorBoardLogger(
+        save_dir=run_dir, name=cfg.logger.tensorboard.subdir, version="", default_hp_metric=False
+    )
     # The batches evaluate() counted, as engine=raw evaluates them: no debugging run (fast_dev_run would also log
     # nothing), no profiler.
-    arguments = {**engine.trainer_arguments(cfg), "limit_test_batches": num_batches, "enable_checkpointing": False,
-                 "fast_dev_run": False, "overfit_batches": 0.0, "profiler": None}
-    trainer = L.Trainer(**arguments, logger=logger, callbacks=[engine.TensorBoardSummaries(cfg), CountConfusion()],
-                        default_root_dir=run_dir)
+    arguments = {
+        **engine.trainer_arguments(cfg),
+        "limit_test_batches": num_batches,
+        "enable_checkpointing": False,
+        "fast_dev_run": False,
+        "overfit_batches": 0.0,
+        "profiler": None,
+    }
+    trainer = L.Trainer(
+        **arguments,
+        logger=logger,
+        callbacks=[engine.TensorBoardSummaries(cfg), CountConfusion()],
+        default_root_dir=run_dir,
+    )
     trainer.test(module, dataloaders=loader, verbose=False)
     metrics = {k.removeprefix("test/"): v.item() for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     return metrics, str(module.device)

@@ -38,10 +38,20 @@ FILES = {"torch_export": "model.pt2", "onnx": "model.onnx"}
 CARD = "model.json"  # the input, the normalisation and the class names: beside the exported files
 INPUT, OUTPUT = "images", "logits"  # the ONNX graph's input and output names
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
-EXPORT_EXTRA = "pip install -e \".[export]\" (onnx, onnxscript, onnxruntime)"
+EXPORT_EXTRA = 'pip install -e ".[export]" (onnx, onnxscript, onnxruntime)'
 CLASS_NAMES = {  # torchvision's `classes` of each dataset; digits and MNIST: the digit itself
-    "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                      "Ankle boot"],
+    "fashion_mnist": [
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ],
     "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
 }
 
@@ -50,8 +60,10 @@ def export(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Export cfg.ckpt_path in cfg.format into run_dir (created by Hydra, holding only its .hydra/ and log); return
     model.json's contents."""
     if cfg.ckpt_path in (None, "", "null", "None"):
-        raise UserError("ckpt_path is required: ckpt_path=last (the newest run of engine=<name>) or ckpt_path=<file> "
-                        "(a run's checkpoints/best.ckpt or last.ckpt)")
+        raise UserError(
+            "ckpt_path is required: ckpt_path=last (the newest run of engine=<name>) or ckpt_path=<file> "
+            "(a run's checkpoints/best.ckpt or last.ckpt)"
+        )
     if not FORMATS.test(cfg.format):
         raise UserError(f"format={shown(cfg.format)} is not valid: {FORMATS.accepted}")
     for key, rule in (("check.batch_size", WHOLE_1), ("check.tolerance", POSITIVE)):
@@ -85,8 +97,10 @@ def export(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if partial.exists():
             shutil.rmtree(partial)
     for kind, check in card["checks"].items():
-        print(f"{kind}: {run_dir / FILES[kind]} checked on {check['samples']} test images: max |logit difference| "
-              f"{check['max_abs_diff']:.3g} (tolerance {cfg.check.tolerance:g}), the same predicted classes")
+        print(
+            f"{kind}: {run_dir / FILES[kind]} checked on {check['samples']} test images: max |logit difference| "
+            f"{check['max_abs_diff']:.3g} (tolerance {cfg.check.tolerance:g}), the same predicted classes"
+        )
     print(f"exported ckpt={checkpoint} (engine={card['written_by']}) to {run_dir}")
     return card
 
@@ -94,8 +108,10 @@ def export(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 def require_onnx(key: str) -> None:
     missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
     if missing:
-        raise UserError(f"{key} needs {', '.join(missing)}, which are not installed: {EXPORT_EXTRA}; "
-                        "format=torch_export needs nothing more")
+        raise UserError(
+            f"{key} needs {', '.join(missing)}, which are not installed: {EXPORT_EXTRA}; "
+            "format=torch_export needs nothing more"
+        )
 
 
 def load_trained(checkpoint: Path) -> tuple[nn.Module, DictConfig, dict[str, Any]]:
@@ -113,10 +129,18 @@ def model_card(trained: DictConfig, checkpoint: Path, writer: str) -> dict[str, 
     data = trained.data
     mean, std = normalization(data.name)
     return {
-        "input": {"name": INPUT, "shape": ["batch", data.channels, data.image_size, data.image_size],
-                  "dtype": "float32", "layout": "NCHW"},
-        "output": {"name": OUTPUT, "shape": ["batch", data.num_classes], "dtype": "float32",
-                   "meaning": "logits: softmax gives the class probabilities"},
+        "input": {
+            "name": INPUT,
+            "shape": ["batch", data.channels, data.image_size, data.image_size],
+            "dtype": "float32",
+            "layout": "NCHW",
+        },
+        "output": {
+            "name": OUTPUT,
+            "shape": ["batch", data.num_classes],
+            "dtype": "float32",
+            "meaning": "logits: softmax gives the class probabilities",
+        },
         # data.image_transform: pixels scaled to [0, 1] (8-bit images divided by 255), then per channel
         "normalization": {"mean": list(mean), "std": list(std), "input": "(pixel / 255 - mean) / std"},
         "classes": class_names(data.name, data.num_classes),
@@ -157,8 +181,17 @@ def export_onnx(model: nn.Module, images: torch.Tensor, path: Path) -> int:
 
     for name in ("onnxscript", "onnx_ir"):  # their progress messages, at INFO, would fill export.log
         logging.getLogger(name).setLevel(logging.WARNING)
-    torch.onnx.export(model, (images[:2],), str(path), dynamo=True, dynamic_shapes=(batch_dimension(),),
-                      input_names=[INPUT], output_names=[OUTPUT], external_data=False, verbose=False)
+    torch.onnx.export(
+        model,
+        (images[:2],),
+        str(path),
+        dynamo=True,
+        dynamic_shapes=(batch_dimension(),),
+        input_names=[INPUT],
+        output_names=[OUTPUT],
+        external_data=False,
+        verbose=False,
+    )
     onnx.checker.check_model(str(path))
     return next(entry.version for entry in onnx.load(str(path)).opset_import if entry.domain in ("", "ai.onnx"))
 
@@ -182,8 +215,9 @@ def load_exported(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     return run
 
 
-def check_export(kind: str, run: Callable[[np.ndarray], np.ndarray], model: nn.Module, images: torch.Tensor,
-                 tolerance: float) -> dict[str, Any]:
+def check_export(
+    kind: str, run: Callable[[np.ndarray], np.ndarray], model: nn.Module, images: torch.Tensor, tolerance: float
+) -> dict[str, Any]:
     """The exported file against the PyTorch model, on the test images and on a single one (other batch sizes than
     the export traced): the largest logit difference, and the same predicted class for every image."""
     worst = 0.0
@@ -192,13 +226,17 @@ def check_export(kind: str, run: Callable[[np.ndarray], np.ndarray], model: nn.M
             expected = model(batch).numpy()
         got = run(batch.numpy())
         if got.shape != expected.shape:
-            raise UserError(f"the {kind} export gives logits of shape {got.shape} for a batch of {len(batch)}, the "
-                            f"model {expected.shape}: not kept")
+            raise UserError(
+                f"the {kind} export gives logits of shape {got.shape} for a batch of {len(batch)}, the "
+                f"model {expected.shape}: not kept"
+            )
         difference = float(np.abs(got - expected).max())
         same = bool((got.argmax(1) == expected.argmax(1)).all())
         if not difference <= tolerance or not same:
-            raise UserError(f"the {kind} export differs from the PyTorch model on {len(batch)} test images (max "
-                            f"|logit difference| {difference:.3g}, check.tolerance={tolerance:g}; predicted classes "
-                            f"{'the same' if same else 'differ'}): not kept, nothing written")
+            raise UserError(
+                f"the {kind} export differs from the PyTorch model on {len(batch)} test images (max "
+                f"|logit difference| {difference:.3g}, check.tolerance={tolerance:g}; predicted classes "
+                f"{'the same' if same else 'differ'}): not kept, nothing written"
+            )
         worst = max(worst, difference)
     return {"max_abs_diff": worst, "same_classes": True, "samples": len(images), "tolerance": tolerance}

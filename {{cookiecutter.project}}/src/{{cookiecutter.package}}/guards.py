@@ -35,12 +35,18 @@ class NonFiniteLossGuard:
         epoch, step, _, inputs_finite = self.pending[int((~finite).nonzero()[0])]
         inputs_finite = bool(inputs_finite)
         params_finite = all(torch.isfinite(p).all() for p in model.parameters())
-        cause = ("the inputs of that batch were not finite: check the data" if not inputs_finite else
-                 "the inputs were finite; the parameters are now " + ("finite" if params_finite else "not finite")
-                 + ": the update diverged (lower optimizer.lr, set trainer.gradient_clip_val, or debug=anomaly "
-                 "to name the operation)")
-        raise UserError(f"the training loss became non-finite at epoch {epoch}, step {step}: {cause}. "
-                        "checkpoints/last.ckpt keeps the last good state")
+        cause = (
+            "the inputs of that batch were not finite: check the data"
+            if not inputs_finite
+            else "the inputs were finite; the parameters are now "
+            + ("finite" if params_finite else "not finite")
+            + ": the update diverged (lower optimizer.lr, set trainer.gradient_clip_val, or debug=anomaly "
+            "to name the operation)"
+        )
+        raise UserError(
+            f"the training loss became non-finite at epoch {epoch}, step {step}: {cause}. "
+            "checkpoints/last.ckpt keeps the last good state"
+        )
 
 
 @contextlib.contextmanager

@@ -34,12 +34,16 @@ def check_accelerator(trainer: DictConfig) -> None:
         raise UserError(f"trainer.accelerator={accelerator!r} is not known: use one of {', '.join(ACCELERATORS)}")
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         built = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-        raise UserError(f"trainer.accelerator={accelerator} needs a CUDA GPU, but torch.cuda.is_available() is "
-                        f"False on this machine (torch {torch.__version__}, {built}). Train on the CPU with "
-                        "trainer=cpu, or install a CUDA build of torch (README: Install)")
+        raise UserError(
+            f"trainer.accelerator={accelerator} needs a CUDA GPU, but torch.cuda.is_available() is "
+            f"False on this machine (torch {torch.__version__}, {built}). Train on the CPU with "
+            "trainer=cpu, or install a CUDA build of torch (README: Install)"
+        )
     if accelerator == "mps" and not torch.backends.mps.is_available():
-        raise UserError("trainer.accelerator=mps needs an Apple-silicon GPU, but torch.backends.mps.is_available() "
-                        "is False on this machine. Train on the CPU with trainer=cpu")
+        raise UserError(
+            "trainer.accelerator=mps needs an Apple-silicon GPU, but torch.backends.mps.is_available() "
+            "is False on this machine. Train on the CPU with trainer=cpu"
+        )
     on_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     check_precision(str(trainer.precision), "cuda" if on_cuda else "not cuda")
     check_distributed(trainer)
@@ -49,8 +53,10 @@ def check_precision(precision: str, device_type: str) -> None:
     """16-mixed (float16 with loss scaling) is a CUDA feature. Lightning would quietly switch to bf16-mixed on
     CPU; both engines refuse instead, so the run is the one that was asked for."""
     if precision == "16-mixed" and device_type != "cuda":
-        raise UserError("trainer.precision=16-mixed needs a CUDA GPU (float16 loss scaling); on this device use "
-                        "trainer.precision=bf16-mixed or 32-true")
+        raise UserError(
+            "trainer.precision=16-mixed needs a CUDA GPU (float16 loss scaling); on this device use "
+            "trainer.precision=bf16-mixed or 32-true"
+        )
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -94,12 +100,15 @@ def train(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict[
         print(f"seed=null: this run's seed is {cfg.seed}", flush=True)
     checkpoint = find_checkpoint(cfg.ckpt_path, run_dir.parent)
     if checkpoint is not None:  # before any work, for both engines: a file that cannot resume this run is one line
-        resumed_step = loggers.global_step_of(load_for_resume(checkpoint, cfg.engine.name,
-                                                              build_model({**cfg.model, "compile": False})))
+        resumed_step = loggers.global_step_of(
+            load_for_resume(checkpoint, cfg.engine.name, build_model({**cfg.model, "compile": False}))
+        )
     if cfg.get("weights_from") is not None:  # a new run from a checkpoint's weights, which build_model loads
         if checkpoint is not None:
-            raise UserError("ckpt_path and weights_from are both set: ckpt_path continues its run exactly, "
-                            "weights_from starts a new run from a checkpoint's weights; give one of them")
+            raise UserError(
+                "ckpt_path and weights_from are both set: ckpt_path continues its run exactly, "
+                "weights_from starts a new run from a checkpoint's weights; give one of them"
+            )
         cfg.weights_from = str(find_checkpoint(cfg.weights_from, run_dir.parent, key="weights_from"))
         build_model({**cfg.model, "compile": False}, cfg.weights_from)
     if launched_world() is None or launched_world().is_main:  # writable, and a killed run's temporary files gone
@@ -143,6 +152,8 @@ def train(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict[
         "run_dir": str(run_dir),
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    print(f"engine={metrics['engine']} test/acc={metrics['test/acc']:.4f} wall={metrics['wall_time_s']:.1f}s "
-          f"run={run_dir}")
+    print(
+        f"engine={metrics['engine']} test/acc={metrics['test/acc']:.4f} wall={metrics['wall_time_s']:.1f}s "
+        f"run={run_dir}"
+    )
     return metrics

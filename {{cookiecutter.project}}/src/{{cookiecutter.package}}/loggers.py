@@ -26,8 +26,10 @@ def chosen(cfg: DictConfig) -> list[str]:
     names = list((cfg.get("logger") or {}).keys())
     unknown = [name for name in names if name not in ORDER]
     if unknown:
-        raise UserError(f"logger.{unknown[0]} is not a logger: use logger= one of {', '.join(ORDER)}, none, or a "
-                        "list such as logger=[tensorboard,csv]")
+        raise UserError(
+            f"logger.{unknown[0]} is not a logger: use logger= one of {', '.join(ORDER)}, none, or a "
+            "list such as logger=[tensorboard,csv]"
+        )
     return [name for name in ORDER if name in names]
 
 
@@ -88,6 +90,7 @@ def tensorboard_writer(loggers: list[Any]) -> Any:
 
 # -- engine=lightning --
 
+
 def lightning_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
     """Lightning's loggers for `logger=`, writing into the run folder."""
     from lightning.pytorch import loggers as pl_loggers
@@ -96,20 +99,32 @@ def lightning_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
     for name in chosen(cfg):
         settings = cfg.logger[name]
         if name == "tensorboard":
-            loggers.append(pl_loggers.TensorBoardLogger(save_dir=run_dir, name=settings.subdir, version="",
-                                                        default_hp_metric=False))
+            loggers.append(
+                pl_loggers.TensorBoardLogger(
+                    save_dir=run_dir, name=settings.subdir, version="", default_hp_metric=False
+                )
+            )
         elif name == "csv":
             loggers.append(AppendingCSVLogger(save_dir=run_dir, name=settings.subdir, version=""))
         elif name == "mlflow":
-            logger = pl_loggers.MLFlowLogger(experiment_name=settings.experiment_name, run_name=run_name(run_dir),
-                                             tracking_uri=mlflow_tracking_uri(cfg),
-                                             run_id=saved_run_id(run_dir, name))
+            logger = pl_loggers.MLFlowLogger(
+                experiment_name=settings.experiment_name,
+                run_name=run_name(run_dir),
+                tracking_uri=mlflow_tracking_uri(cfg),
+                run_id=saved_run_id(run_dir, name),
+            )
             save_run_id(run_dir, name, logger.run_id)  # creates the run
             loggers.append(logger)
         else:
-            logger = pl_loggers.WandbLogger(project=settings.project, name=run_name(run_dir), save_dir=run_dir,
-                                            offline=settings.mode == "offline", id=saved_run_id(run_dir, name),
-                                            resume="allow", log_model=False)
+            logger = pl_loggers.WandbLogger(
+                project=settings.project,
+                name=run_name(run_dir),
+                save_dir=run_dir,
+                offline=settings.mode == "offline",
+                id=saved_run_id(run_dir, name),
+                resume="allow",
+                log_model=False,
+            )
             save_run_id(run_dir, name, logger.experiment.id)
             loggers.append(logger)
     return loggers
@@ -135,6 +150,7 @@ def AppendingCSVLogger(**kwargs: Any) -> Any:  # noqa: N802 (a class, built on f
 
 
 # -- engine=raw --
+
 
 def raw_loggers(cfg: DictConfig, run_dir: Path, resume_step: int) -> list[Any]:
     """engine=raw's loggers for `logger=`, writing what Lightning's would write where they would write it."""
@@ -267,8 +283,14 @@ class Wandb:
     def __init__(self, settings: DictConfig, run_dir: Path) -> None:
         import wandb
 
-        self.run = wandb.init(project=settings.project, name=run_name(run_dir), dir=run_dir, mode=settings.mode,
-                              id=saved_run_id(run_dir, "wandb"), resume="allow")
+        self.run = wandb.init(
+            project=settings.project,
+            name=run_name(run_dir),
+            dir=run_dir,
+            mode=settings.mode,
+            id=saved_run_id(run_dir, "wandb"),
+            resume="allow",
+        )
         self.run.define_metric("trainer/global_step")
         self.run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
         save_run_id(run_dir, "wandb", self.run.id)

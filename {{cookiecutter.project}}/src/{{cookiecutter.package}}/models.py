@@ -15,8 +15,14 @@ from .checkpoint import load_weights
 class MLP(nn.Module):
     """Flatten the image, then Linear -> ReLU -> Dropout blocks and a linear head that outputs logits."""
 
-    def __init__(self, in_channels: int, image_size: int, num_classes: int, hidden: Sequence[int] = (256, 128),
-                 dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        image_size: int,
+        num_classes: int,
+        hidden: Sequence[int] = (256, 128),
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_channels * image_size * image_size
@@ -36,18 +42,24 @@ class CNN(nn.Module):
     Global pooling makes the same network fit 8x8 digits, 28x28 MNIST and 32x32 CIFAR-10.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, channels: Sequence[int] = (32, 64),
-                 dropout: float = 0.1) -> None:
+    def __init__(
+        self, in_channels: int, num_classes: int, channels: Sequence[int] = (32, 64), dropout: float = 0.1
+    ) -> None:
         super().__init__()
         blocks: list[nn.Module] = []
         width = in_channels
         for size in channels:
-            blocks += [nn.Conv2d(width, size, kernel_size=3, padding=1), nn.BatchNorm2d(size), nn.ReLU(),
-                       nn.MaxPool2d(2)]
+            blocks += [
+                nn.Conv2d(width, size, kernel_size=3, padding=1),
+                nn.BatchNorm2d(size),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
             width = size
         self.features = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
-                                  nn.Linear(width, num_classes))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(width, num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -55,8 +67,11 @@ class CNN(nn.Module):
 
 def conv_bn(in_channels: int, out_channels: int) -> nn.Sequential:
     """3x3 convolution (no bias: BatchNorm has one) -> BatchNorm -> ReLU, the size kept."""
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
-                         nn.BatchNorm2d(out_channels), nn.ReLU())
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(),
+    )
 
 
 class Residual(nn.Module):
@@ -79,8 +94,14 @@ class ResNet(nn.Module):
     halve 32x32 to 4x4 (28x28 to 3x3, 8x8 digits to 1x1).
     """
 
-    def __init__(self, in_channels: int, num_classes: int, channels: Sequence[int] = (64, 128, 256, 512),
-                 dropout: float = 0.0, logit_scale: float = 0.125) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        channels: Sequence[int] = (64, 128, 256, 512),
+        dropout: float = 0.0,
+        logit_scale: float = 0.125,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = [conv_bn(in_channels, channels[0])]
         stages = list(zip(channels[:-1], channels[1:], strict=True))
@@ -89,8 +110,9 @@ class ResNet(nn.Module):
             if stage in (1, len(stages)):
                 layers.append(Residual(size))
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Dropout(dropout),
-                                  nn.Linear(channels[-1], num_classes, bias=False))
+        self.head = nn.Sequential(
+            nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels[-1], num_classes, bias=False)
+        )
         self.logit_scale = logit_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

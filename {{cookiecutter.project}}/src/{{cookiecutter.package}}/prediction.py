@@ -49,30 +49,40 @@ class Model:
 
     def probabilities(self, images: list[torch.Tensor], batch_size: int = 256) -> np.ndarray:
         """Softmax of the logits, one row per image, in batches of at most `batch_size`."""
-        rows = [self.logits(torch.stack(images[start:start + batch_size]).numpy())
-                for start in range(0, len(images), batch_size)]
+        rows = [
+            self.logits(torch.stack(images[start : start + batch_size]).numpy())
+            for start in range(0, len(images), batch_size)
+        ]
         return torch.softmax(torch.from_numpy(np.concatenate(rows)).double(), dim=1).numpy()
 
     def result(self, name: str, probabilities: np.ndarray) -> dict[str, Any]:
         """What predict.py writes and serve.py answers for one input."""
         index = int(probabilities.argmax())
-        return {"input": name, "class": index, "label": self.classes[index],
-                "probability": float(probabilities[index]),
-                "probabilities": {label: float(p) for label, p in zip(self.classes, probabilities, strict=True)}}
+        return {
+            "input": name,
+            "class": index,
+            "label": self.classes[index],
+            "probability": float(probabilities[index]),
+            "probabilities": {label: float(p) for label, p in zip(self.classes, probabilities, strict=True)},
+        }
 
 
 def load_model(value: Any, key: str = "model_path") -> Model:
     """model_path=<file>: an exported model.pt2 or model.onnx (model.json beside it), its export folder, or a checkpoint
     of either engine (last.ckpt or best.ckpt, where its training run's config can be read)."""
     if value in (None, "", "null", "None"):
-        raise UserError(f"{key} is required: {key}=<export folder>/model.pt2 or model.onnx (python export.py), or a "
-                        "checkpoint (<run>/checkpoints/best.ckpt)")
+        raise UserError(
+            f"{key} is required: {key}=<export folder>/model.pt2 or model.onnx (python export.py), or a "
+            "checkpoint (<run>/checkpoints/best.ckpt)"
+        )
     path = Path(str(value)).expanduser()
     if path.is_dir():
         path = next((path / name for name in FILES.values() if (path / name).is_file()), path)
     if not path.is_file():
-        raise UserError(f"{key}={value}: no such file; give an exported model.pt2 or model.onnx "
-                        "(logs/export/<run>/), or a checkpoint file (logs/train/<engine>/<run>/checkpoints/best.ckpt)")
+        raise UserError(
+            f"{key}={value}: no such file; give an exported model.pt2 or model.onnx "
+            "(logs/export/<run>/), or a checkpoint file (logs/train/<engine>/<run>/checkpoints/best.ckpt)"
+        )
     path = path.resolve()
     if path.suffix not in (".pt2", ".onnx"):
         model, _, card = load_trained(path)
@@ -84,8 +94,10 @@ def load_model(value: Any, key: str = "model_path") -> Model:
         return Model(path, card, logits)
     card_path = path.with_name(CARD)
     if not card_path.is_file():
-        raise UserError(f"{key}={path}: no {CARD} beside it, which says the model's input and classes: keep the "
-                        "files export.py wrote together")
+        raise UserError(
+            f"{key}={path}: no {CARD} beside it, which says the model's input and classes: keep the "
+            "files export.py wrote together"
+        )
     try:
         card = json.loads(card_path.read_text())
         run = load_exported(path)
@@ -93,8 +105,9 @@ def load_model(value: Any, key: str = "model_path") -> Model:
         raise
     except Exception as err:  # a truncated or foreign file
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise UserError(f"{key}={path} cannot be loaded ({type(err).__name__}: {reason}): not a complete file "
-                        "written by export.py") from None
+        raise UserError(
+            f"{key}={path} cannot be loaded ({type(err).__name__}: {reason}): not a complete file written by export.py"
+        ) from None
     return Model(path, card, run)
 
 
@@ -106,16 +119,20 @@ def image_from_bytes(data: bytes, model: Model) -> torch.Tensor:
         with Image.open(io.BytesIO(data)) as image:
             size = model.image_size
             if image.size != (size, size):  # checked before decoding: a small file may hold a huge image
-                raise BadInput(f"is {image.width}x{image.height} pixels: the model takes {size}x{size} (predictions "
-                               "resize nothing, as training did not)")
+                raise BadInput(
+                    f"is {image.width}x{image.height} pixels: the model takes {size}x{size} (predictions "
+                    "resize nothing, as training did not)"
+                )
             image.load()
             if image.mode in ("1", "P"):  # 1-bit and palette images: their 8-bit equivalent
                 image = image.convert("L" if image.mode == "1" else "RGB")
             channels = len(image.getbands())
             if image.mode not in MODES or MODES[image.mode] != model.channels:
                 expected = "8-bit grayscale (mode L)" if model.channels == 1 else "8-bit RGB"
-                raise BadInput(f"has {channels} channel{'s' * (channels != 1)} (mode {image.mode}): the model takes "
-                               f"{model.channels}, {expected}")
+                raise BadInput(
+                    f"has {channels} channel{'s' * (channels != 1)} (mode {image.mode}): the model takes "
+                    f"{model.channels}, {expected}"
+                )
             return model.transform(image)
     except BadInput:
         raise
@@ -132,8 +149,9 @@ def image_shapes(model: Model) -> list[tuple[int, ...]]:
 def images_from_array(array: np.ndarray, model: Model) -> list[torch.Tensor]:
     """An array of pixel values, channels last (one image or a stack), as the model's inputs; BadInput otherwise."""
     one = image_shapes(model)
-    if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.integer)
-                                       or np.issubdtype(array.dtype, np.floating)):
+    if array.dtype == np.bool_ or not (
+        np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+    ):
         raise BadInput(f"holds {array.dtype} values: give pixel values, integers 0-255 or floats in [0, 1]")
     if array.shape in one:
         stack = array[None]
@@ -141,8 +159,10 @@ def images_from_array(array: np.ndarray, model: Model) -> list[torch.Tensor]:
         stack = array
     else:
         shapes = " or ".join(str(shape) for shape in one)
-        raise BadInput(f"has shape {tuple(array.shape)}: the model takes one image of shape {shapes} (channels last, "
-                       "as in an image file) or a stack of them, (N, ...)")
+        raise BadInput(
+            f"has shape {tuple(array.shape)}: the model takes one image of shape {shapes} (channels last, "
+            "as in an image file) or a stack of them, (N, ...)"
+        )
     if np.issubdtype(stack.dtype, np.integer):
         if stack.min() < 0 or stack.max() > 255:
             raise BadInput("holds integers outside 0-255: give 8-bit pixel values, or floats in [0, 1]")
@@ -177,8 +197,11 @@ def read_inputs(value: Any, model: Model) -> tuple[list[tuple[str, torch.Tensor]
                 except (ValueError, OSError, EOFError):
                     raise BadInput("is not a NumPy .npy file of numbers") from None
                 images = images_from_array(array, model)
-                names = [str(file)] if array.shape in image_shapes(model) else [
-                    f"{file}[{index}]" for index in range(len(images))]
+                names = (
+                    [str(file)]
+                    if array.shape in image_shapes(model)
+                    else [f"{file}[{index}]" for index in range(len(images))]
+                )
                 inputs += zip(names, images, strict=True)
             else:
                 inputs.append((str(file), image_from_bytes(file.read_bytes(), model)))
@@ -205,11 +228,16 @@ def predict(cfg: DictConfig, run_dir: Path) -> tuple[list[dict[str, Any]], list[
     results = [model.result(name, row) for (name, _), row in zip(inputs, probabilities, strict=True)]
     for result in results:
         top = sorted(result["probabilities"].items(), key=lambda item: -item[1])[:3]
-        print(f"{result['input']}: {result['label']} ({result['probability']:.4f}; "
-              + ", ".join(f"{label} {p:.4f}" for label, p in top) + ")")
+        print(
+            f"{result['input']}: {result['label']} ({result['probability']:.4f}; "
+            + ", ".join(f"{label} {p:.4f}" for label, p in top)
+            + ")"
+        )
     write_results(results, refused, model, output)
-    print(f"{len(results)} prediction{'s' * (len(results) != 1)} of {model.path} written to {output}"
-          + (f"; {len(refused)} input{'s' * (len(refused) != 1)} skipped" if refused else ""))
+    print(
+        f"{len(results)} prediction{'s' * (len(results) != 1)} of {model.path} written to {output}"
+        + (f"; {len(refused)} input{'s' * (len(refused) != 1)} skipped" if refused else "")
+    )
     return results, refused
 
 
@@ -217,13 +245,29 @@ def write_results(results: list[dict[str, Any]], refused: list[tuple[str, str]],
     """JSON: the model, the results and the refused inputs; CSV: one row per result, a column per class."""
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix.lower() == ".json":
-        output.write_text(json.dumps({"model": str(model.path), "classes": model.classes, "predictions": results,
-                                      "skipped": [{"input": name, "error": reason} for name, reason in refused]},
-                                     indent=2) + "\n")
+        output.write_text(
+            json.dumps(
+                {
+                    "model": str(model.path),
+                    "classes": model.classes,
+                    "predictions": results,
+                    "skipped": [{"input": name, "error": reason} for name, reason in refused],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         return
     with output.open("w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["input", "class", "label", "probability", *(f"p_{label}" for label in model.classes)])
         for result in results:
-            writer.writerow([result["input"], result["class"], result["label"], result["probability"],
-                             *result["probabilities"].values()])
+            writer.writerow(
+                [
+                    result["input"],
+                    result["class"],
+                    result["label"],
+                    result["probability"],
+                    *result["probabilities"].values(),
+                ]
+            )

@@ -30,13 +30,17 @@ def find_checkpoint(ckpt_path: str | None, engine_dir: str | Path, key: str = "c
     if ckpt_path == "last":
         runs = sorted(Path(engine_dir).glob("*/checkpoints/last.ckpt"), key=lambda p: p.parent.parent.name)
         if not runs:
-            raise UserError(f"{key}=last: no run under {engine_dir} has checkpoints/last.ckpt; train once without "
-                            f"{key}, or give {key}=<file>")
+            raise UserError(
+                f"{key}=last: no run under {engine_dir} has checkpoints/last.ckpt; train once without "
+                f"{key}, or give {key}=<file>"
+            )
         return runs[-1]
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
-        raise UserError(f"{key}={ckpt_path}: no such checkpoint file; use {key}=last or the path of a .ckpt file "
-                        "(logs/train/<engine>/<run>/checkpoints/last.ckpt)")
+        raise UserError(
+            f"{key}={ckpt_path}: no such checkpoint file; use {key}=last or the path of a .ckpt file "
+            "(logs/train/<engine>/<run>/checkpoints/last.ckpt)"
+        )
     return path.resolve()
 
 
@@ -57,11 +61,18 @@ def check_creatable(folder: Path) -> None:
     """Hydra creates the run folder before train.py runs, with a traceback if it cannot: one line instead. The
     resolver runs while Hydra composes the config, so this exits by itself (Hydra would wrap an exception)."""
     existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
-    problem = "is a file, not a folder" if not existing.is_dir() else \
-        "is not writable" if not os.access(existing, os.W_OK | os.X_OK) else None
+    problem = (
+        "is a file, not a folder"
+        if not existing.is_dir()
+        else "is not writable"
+        if not os.access(existing, os.W_OK | os.X_OK)
+        else None
+    )
     if problem:
-        sys.exit(f"error: paths.log_dir: run folders go under {folder}, but {existing} {problem}: choose another "
-                 "paths.log_dir or fix that path")
+        sys.exit(
+            f"error: paths.log_dir: run folders go under {folder}, but {existing} {problem}: choose another "
+            "paths.log_dir or fix that path"
+        )
 
 
 def launcher_start_time() -> datetime | None:
@@ -76,8 +87,9 @@ def launcher_start_time() -> datetime | None:
     try:
         stat = Path(f"/proc/{os.getppid()}/stat").read_text()
         start_ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22: starttime, in clock ticks after boot
-        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
+        boot = next(
+            int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime ")
+        )
         return datetime.fromtimestamp(boot + start_ticks / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError, StopIteration):
         return None
@@ -94,8 +106,11 @@ def last_checkpoint_stamp(folder: Path) -> tuple[int, int] | None:
 
 
 def remember_resumed_run(folder: Path) -> None:
-    RESUMED.update(folder=folder.resolve(), checkpoint=last_checkpoint_stamp(folder),
-                   files={path: path.read_bytes() for path in (folder / ".hydra").glob("*.yaml")})
+    RESUMED.update(
+        folder=folder.resolve(),
+        checkpoint=last_checkpoint_stamp(folder),
+        files={path: path.read_bytes() for path in (folder / ".hydra").glob("*.yaml")},
+    )
 
 
 @contextmanager
@@ -115,8 +130,12 @@ def remove_refused_run(run_dir: Path, log_dir: Path) -> None:
     """A run refused before it trained leaves nothing behind: its folder, if it holds nothing of a run (no
     checkpoint, logged events or metrics.json: only what Hydra, launch.py and a logger wrote first), goes, and so do
     the folders above it that this leaves empty, up to paths.log_dir. A resumed run's folder holds checkpoints: kept."""
-    if not run_dir.is_dir() or any(run_dir.glob("checkpoints/*.ckpt")) or (run_dir / "metrics.json").exists() \
-            or any(holds_summaries(events) for events in run_dir.glob("tensorboard/events.out.tfevents.*")):
+    if (
+        not run_dir.is_dir()
+        or any(run_dir.glob("checkpoints/*.ckpt"))
+        or (run_dir / "metrics.json").exists()
+        or any(holds_summaries(events) for events in run_dir.glob("tensorboard/events.out.tfevents.*"))
+    ):
         return
     shutil.rmtree(run_dir)
     log_dir = log_dir.resolve()

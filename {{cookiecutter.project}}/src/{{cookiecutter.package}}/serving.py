@@ -31,12 +31,14 @@ from .errors import UserError
 from .prediction import BadInput, Model, image_from_bytes, image_shapes, images_from_array, load_model
 from .validation import BOOLEAN, NON_NEGATIVE, WHOLE_0, WHOLE_1, Rule, one_of, shown
 
-SERVE_EXTRA = "pip install -e \".[serve]\" (fastapi, uvicorn)"
+SERVE_EXTRA = 'pip install -e ".[serve]" (fastapi, uvicorn)'
 DRAIN_FACTOR = 16  # a body over the limit is read (and dropped) up to this many times it, so that the client gets
 # the 413 answer instead of a reset connection; beyond, the connection is closed
 RULES = {
-    "host": Rule("an address to listen on, e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)",
-                 lambda v: isinstance(v, str) and bool(v.strip())),
+    "host": Rule(
+        "an address to listen on, e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)",
+        lambda v: isinstance(v, str) and bool(v.strip()),
+    ),
     "port": Rule("a port number from 0 (any free port) to 65535", lambda v: WHOLE_0.test(v) and v <= 65535),
     "max_body_bytes": WHOLE_1,
     "max_batch_size": WHOLE_1,
@@ -85,8 +87,9 @@ class Batcher:
                 except asyncio.TimeoutError:
                     break
             try:
-                rows = await asyncio.to_thread(self.model.probabilities, [image for image, _ in batch],
-                                               self.max_batch_size)
+                rows = await asyncio.to_thread(
+                    self.model.probabilities, [image for image, _ in batch], self.max_batch_size
+                )
             except Exception as err:  # answered as a 500 to each request of the batch; the server goes on
                 for _, future in batch:
                     if not future.done():
@@ -150,8 +153,14 @@ def create_app(model: Model, cfg: DictConfig) -> Any:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": str(model.path), "input": model.card["input"], "classes": model.classes,
-                "batches": batcher.batches, "largest_batch": batcher.largest}
+        return {
+            "status": "ok",
+            "model": str(model.path),
+            "input": model.card["input"],
+            "classes": model.classes,
+            "batches": batcher.batches,
+            "largest_batch": batcher.largest,
+        }
 
     @app.post("/predict")
     async def predict(request: Request) -> dict[str, Any]:
@@ -180,8 +189,10 @@ def serve(cfg: DictConfig) -> None:
             raise UserError(f"{key}={shown(cfg.get(key))} is not valid: {rule.accepted}")
     missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
     if missing:
-        raise UserError(f"serve.py needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not "
-                        f"installed: {SERVE_EXTRA}")
+        raise UserError(
+            f"serve.py needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not "
+            f"installed: {SERVE_EXTRA}"
+        )
     import uvicorn
 
     model = load_model(cfg.model_path)
@@ -193,8 +204,10 @@ def serve(cfg: DictConfig) -> None:
         listener.bind((cfg.host, cfg.port))  # bound here, so that port=0 is known before the server starts
     except OSError as err:
         listener.close()
-        raise UserError(f"cannot listen on host={cfg.host} port={cfg.port} ({err.strerror or err}): choose another "
-                        "port (port=0: any free one) or host") from None
+        raise UserError(
+            f"cannot listen on host={cfg.host} port={cfg.port} ({err.strerror or err}): choose another "
+            "port (port=0: any free one) or host"
+        ) from None
     host, port = listener.getsockname()[:2]
     url = f"http://{f'[{host}]' if family == socket.AF_INET6 else host}:{port}"
     print(f"serving {model.path} on {url} (POST {url}/predict, GET {url}/health); Ctrl-C stops", flush=True)

@@ -61,13 +61,15 @@ class Settings:
         values = {field.name: cfg.get(field.name, field.default) for field in fields(cls)}
         for field in fields(cls):
             if field.type is bool and not isinstance(values[field.name], bool):
-                raise UserError(f"logger.tensorboard.{field.name}={values[field.name]!r} is not valid: use true or "
-                                "false")
+                raise UserError(
+                    f"logger.tensorboard.{field.name}={values[field.name]!r} is not valid: use true or false"
+                )
         for name, least in (("num_samples", 1), ("histogram_every_n_epochs", 0)):
             value = values[name]
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise UserError(f"logger.tensorboard.{name}={value!r} is not valid: use a whole number of at "
-                                f"least {least}")
+                raise UserError(
+                    f"logger.tensorboard.{name}={value!r} is not valid: use a whole number of at least {least}"
+                )
         return cls(**values)
 
 
@@ -80,8 +82,10 @@ def write_hparams(cfg: DictConfig, tensorboard_dir: Path) -> None:
         tensorboard_dir.mkdir(parents=True, exist_ok=True)
         (tensorboard_dir / "hparams.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     except OSError as err:
-        raise UserError(f"TensorBoard logs cannot be written to {tensorboard_dir} ({err.strerror or err}): make it a "
-                        "writable folder (logger.tensorboard.subdir), or choose another paths.log_dir") from None
+        raise UserError(
+            f"TensorBoard logs cannot be written to {tensorboard_dir} ({err.strerror or err}): make it a "
+            "writable folder (logger.tensorboard.subdir), or choose another paths.log_dir"
+        ) from None
 
 
 class NullWriter:
@@ -105,8 +109,9 @@ class Summaries:
             add_input_images(writer, self.settings, train_set)
             add_graph(writer, self.settings, model, train_set)
 
-    def on_before_optimizer_step(self, writer: SummaryWriter, model: nn.Module, epoch: int, batch_idx: int,
-                                 accumulate: int, global_step: int) -> None:
+    def on_before_optimizer_step(
+        self, writer: SummaryWriter, model: nn.Module, epoch: int, batch_idx: int, accumulate: int, global_step: int
+    ) -> None:
         """After backward and unscaling, before clipping and zero_grad: the histograms, on their epochs."""
         if histograms_due(self.settings, epoch, batch_idx, accumulate):
             add_histograms(writer, model, global_step)
@@ -205,7 +210,7 @@ class Mistakes:
         if self.settings.confusion_matrix:
             classes = len(self.confusion)
             pairs = targets * classes + predicted  # one bin per (true, predicted) class
-            self.confusion += torch.bincount(pairs, minlength=classes ** 2).view_as(self.confusion)
+            self.confusion += torch.bincount(pairs, minlength=classes**2).view_as(self.confusion)
         missing = self.settings.num_samples - sum(len(batch) for batch in self.true)
         if self.settings.images and missing > 0:
             wrong = (predicted != targets).nonzero().squeeze(1)[:missing]
@@ -222,8 +227,11 @@ class Mistakes:
             if writer is not None:
                 writer.add_image(CONFUSION_MATRIX_TAG, confusion_matrix_figure(matrix), step, dataformats="HWC")
         if self.settings.images and writer is not None:
-            figure = misclassified_figure(torch.cat(self.images), torch.cat(self.predicted), torch.cat(self.true)) \
-                if self.images else misclassified_figure(torch.empty(0), torch.empty(0), torch.empty(0))
+            figure = (
+                misclassified_figure(torch.cat(self.images), torch.cat(self.predicted), torch.cat(self.true))
+                if self.images
+                else misclassified_figure(torch.empty(0), torch.empty(0), torch.empty(0))
+            )
             writer.add_image(MISCLASSIFIED_TAG, figure, step, dataformats="HWC")
 
 
@@ -246,8 +254,10 @@ def confusion_matrix_figure(matrix: torch.Tensor) -> np.ndarray:
         for predicted, count in enumerate(row):
             shade = count / peak
             x, y = left + predicted * cell, top + true * cell
-            draw.rectangle((x, y, x + cell - 1, y + cell - 1),
-                           fill=tuple(round(a + (b - a) * shade) for a, b in zip(*BLUES, strict=True)))
+            draw.rectangle(
+                (x, y, x + cell - 1, y + cell - 1),
+                fill=tuple(round(a + (b - a) * shade) for a, b in zip(*BLUES, strict=True)),
+            )
             centred_text(draw, (x + cell / 2, y + cell / 2), str(count), font, "white" if shade > 0.5 else "black")
     for index in range(classes):
         number_width = text_size(font, str(index))[0]
@@ -267,8 +277,7 @@ def misclassified_figure(images: torch.Tensor, predicted: torch.Tensor, true: to
     font, columns = label_font(), 8
     if len(images) == 0:
         image = Image.new("RGB", (columns * 96, 96), "white")
-        centred_text(ImageDraw.Draw(image), (image.width / 2, image.height / 2), "no misclassified test examples",
-                     font)
+        centred_text(ImageDraw.Draw(image), (image.width / 2, image.height / 2), "no misclassified test examples", font)
         return np.asarray(image)
     pictures = viewable(images)
     scale = math.ceil(64 / min(pictures.shape[-2:]))  # at least 64 pixels a side, pixel by pixel

@@ -65,8 +65,9 @@ class Schedule:
     monitor: str | None
 
 
-def configure_optimizers(cfg: DictConfig, model: nn.Module, total_steps: int) -> tuple[torch.optim.Optimizer,
-                                                                                        Schedule | None]:
+def configure_optimizers(
+    cfg: DictConfig, model: nn.Module, total_steps: int
+) -> tuple[torch.optim.Optimizer, Schedule | None]:
     """The optimizer of configs/optimizer/ and the schedule of configs/scheduler/ (None for scheduler=none).
 
     `total_steps` is the number of optimizer steps in the run (Lightning's `estimated_stepping_batches`): a
@@ -98,18 +99,25 @@ def check_one_cycle(factory: functools.partial, total_steps: int) -> None:
     defaults = {name: p.default for name, p in inspect.signature(factory.func).parameters.items()}
     pct_start = factory.keywords.get("pct_start", defaults["pct_start"])
     total = factory.keywords.get("total_steps", total_steps)
-    ends = [pct_start * total - 1, 2 * pct_start * total - 2, total - 1] if \
-        factory.keywords.get("three_phase", defaults["three_phase"]) else [pct_start * total - 1, total - 1]
+    ends = (
+        [pct_start * total - 1, 2 * pct_start * total - 2, total - 1]
+        if factory.keywords.get("three_phase", defaults["three_phase"])
+        else [pct_start * total - 1, total - 1]
+    )
     if ends[0] == 0 or ends[-1] == ends[-2]:
-        raise UserError(f"scheduler.pct_start={pct_start} over {total} optimizer steps gives OneCycleLR a phase of no "
-                        "steps (it would divide by zero): use another scheduler.pct_start or more steps "
-                        "(trainer.max_epochs, limit_train_batches), or scheduler=cosine")
+        raise UserError(
+            f"scheduler.pct_start={pct_start} over {total} optimizer steps gives OneCycleLR a phase of no "
+            "steps (it would divide by zero): use another scheduler.pct_start or more steps "
+            "(trainer.max_epochs, limit_train_batches), or scheduler=cosine"
+        )
 
 
 def check_resumable(saved_scheduler_state: dict | None, total_steps: int) -> None:
     """A schedule planned for a fixed number of steps (OneCycleLR) cannot be stretched on resume."""
     saved_total = (saved_scheduler_state or {}).get("total_steps")
     if saved_total is not None and saved_total != total_steps:
-        raise UserError(f"the checkpoint's OneCycleLR was planned for {saved_total} steps, this run has {total_steps}: "
-                        "resume with the original trainer.max_epochs/max_steps, or start a new run from its weights "
-                        "(weights_from=<the checkpoint> instead of ckpt_path), which plans a new schedule")
+        raise UserError(
+            f"the checkpoint's OneCycleLR was planned for {saved_total} steps, this run has {total_steps}: "
+            "resume with the original trainer.max_epochs/max_steps, or start a new run from its weights "
+            "(weights_from=<the checkpoint> instead of ckpt_path), which plans a new schedule"
+        )

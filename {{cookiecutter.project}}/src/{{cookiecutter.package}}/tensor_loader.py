@@ -42,8 +42,14 @@ class TensorSplit(Dataset):
     (data.image_transform: uint8 -> float32 * (1 / 255) -> (x - mean) / std, in the same operations, so the same
     bits). Indexed like the DataLoader path's dataset (an image and its label), for summaries.py."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-                 device: torch.device) -> None:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: torch.device,
+    ) -> None:
         self.images, self.labels = images.to(device), labels.to(device)
         self.mean = torch.as_tensor(mean, dtype=torch.float32, device=device).view(-1, 1, 1)
         self.std = torch.as_tensor(std, dtype=torch.float32, device=device).view(-1, 1, 1)
@@ -96,8 +102,15 @@ class TensorLoader:
 
     batch_sampler = None  # what Lightning asks a loader before it warns about shuffled validation data
 
-    def __init__(self, dataset: TensorSplit, batch_size: int, sampler: Sampler | None, seed: int,
-                 crop_padding: int = 0, horizontal_flip: bool = False) -> None:
+    def __init__(
+        self,
+        dataset: TensorSplit,
+        batch_size: int,
+        sampler: Sampler | None,
+        seed: int,
+        crop_padding: int = 0,
+        horizontal_flip: bool = False,
+    ) -> None:
         self.dataset, self.batch_size, self.sampler, self.seed = dataset, batch_size, sampler, seed
         self.crop_padding, self.horizontal_flip = crop_padding, horizontal_flip
 
@@ -110,10 +123,11 @@ class TensorLoader:
         # batches from there: batch b is augmented as in the uninterrupted run.
         first = getattr(sampler, "skip", 0) // self.batch_size
         epoch, rank = getattr(sampler, "epoch", 0), getattr(sampler, "rank", 0)
-        order = torch.as_tensor(list(sampler) if sampler is not None else range(len(self.dataset)),
-                                dtype=torch.int64).to(device)
+        order = torch.as_tensor(
+            list(sampler) if sampler is not None else range(len(self.dataset)), dtype=torch.int64
+        ).to(device)
         for batch, start in enumerate(range(0, len(order), self.batch_size), first):
-            indices = order[start:start + self.batch_size]
+            indices = order[start : start + self.batch_size]
             inputs = self.dataset.inputs(self.dataset.images[indices])
             if self.crop_padding or self.horizontal_flip:
                 generator = augment_generator(self.seed, epoch, rank, batch)

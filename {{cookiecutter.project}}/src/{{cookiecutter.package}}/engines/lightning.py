@@ -26,43 +26,68 @@ from ..distributed import any_rank
 
 # -- fit --
 
+
 def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[str, Any]:
     """Train with validation every epoch, then test with the best checkpoint. Returns the final metrics."""
     console.quiet_lightning()
     datamodule = DataModule(cfg.data, seed=cfg.seed, batch_limits=cfg.trainer)
     module = Classifier(models.build_model(cfg.model, cfg.weights_from), cfg)
     checkpoints = run_dir / "checkpoints"
-    best = ModelCheckpoint(dirpath=checkpoints, filename="best", monitor=cfg.callbacks.model_checkpoint.monitor,
-                           mode=cfg.callbacks.model_checkpoint.mode, enable_version_counter=False)
+    best = ModelCheckpoint(
+        dirpath=checkpoints,
+        filename="best",
+        monitor=cfg.callbacks.model_checkpoint.monitor,
+        mode=cfg.callbacks.model_checkpoint.mode,
+        enable_version_counter=False,
+    )
     # A second, unmonitored ModelCheckpoint keeps the latest epoch (save_last=True on `best` writes last.ckpt only
     # in epochs where the monitored metric improved).
     latest = ModelCheckpoint(dirpath=checkpoints, filename="last", enable_version_counter=False)
     timer, stop, early_stopping = EpochTimer(), SaveOnStop(checkpoints / "last.ckpt"), cfg.callbacks.early_stopping
-    callbacks = [best, latest, ExactResume(), NonFiniteGuard(), TensorBoardSummaries(cfg), timer, stop,
-                 *([EarlyStopping(**early_stopping)] if early_stopping else []),
-                 # tqdm on a terminal, as engine=raw (with `rich` installed Lightning would pick its slower bar)
-                 *([TQDMProgressBar()] if console.progress_bar_enabled(cfg.trainer) else [])]
-    trainer = L.Trainer(**trainer_arguments(cfg), logger=loggers.lightning_loggers(cfg, run_dir),
-                        callbacks=callbacks, default_root_dir=run_dir, plugins=[AtomicCheckpointIO()])
+    callbacks = [
+        best,
+        latest,
+        ExactResume(),
+        NonFiniteGuard(),
+        TensorBoardSummaries(cfg),
+        timer,
+        stop,
+        *([EarlyStopping(**early_stopping)] if early_stopping else []),
+        # tqdm on a terminal, as engine=raw (with `rich` installed Lightning would pick its slower bar)
+        *([TQDMProgressBar()] if console.progress_bar_enabled(cfg.trainer) else []),
+    ]
+    trainer = L.Trainer(
+        **trainer_arguments(cfg),
+        logger=loggers.lightning_loggers(cfg, run_dir),
+        callbacks=callbacks,
+        default_root_dir=run_dir,
+        plugins=[AtomicCheckpointIO()],
+    )
     loggers.log_hyperparams(trainer.loggers, cfg, resumed=ckpt_path is not None)
 
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:  # SaveOnStop saved last.ckpt
-        raise errors.TrainingStopped.by_signal(stop.received(), trainer.current_epoch, trainer.global_step,
-                                               checkpoints) from None
+        raise errors.TrainingStopped.by_signal(
+            stop.received(), trainer.current_epoch, trainer.global_step, checkpoints
+        ) from None
     except SystemExit:  # Lightning's exit on a second Ctrl-C (the first one stops after the step: SaveOnStop)
         raise KeyboardInterrupt from None  # as engine=raw
     fit_metrics = {k: v.item() for k, v in trainer.callback_metrics.items() if k in console.EPOCH_FIELDS}
-    trainer.test(module, datamodule=datamodule, ckpt_path=best.best_model_path or None, verbose=False,
-                 weights_only=True)
+    trainer.test(
+        module, datamodule=datamodule, ckpt_path=best.best_model_path or None, verbose=False, weights_only=True
+    )
     return {
-        "device": str(module.device), "epochs": trainer.current_epoch, "global_step": trainer.global_step,
-        "train/loss": float("nan"), **fit_metrics,  # the latest train/loss and val/* logged
+        "device": str(module.device),
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "train/loss": float("nan"),
+        **fit_metrics,  # the latest train/loss and val/* logged
         "best_score": best.best_model_score.item() if best.best_model_score is not None else None,
         "monitor": best.monitor,
         **{k: v.item() for k, v in trainer.callback_metrics.items() if k.startswith("test/")},
-        "epoch_times_s": [round(t, 4) for t in timer.times], "train_started_at": timer.train_started_at,
+        "epoch_times_s": [round(t, 4) for t in timer.times],
+        "train_started_at": timer.train_started_at,
     }
 
 
@@ -71,10 +96,16 @@ def trainer_arguments(cfg: DictConfig) -> dict[str, Any]:
     engine=raw's (no model summary), data.py's DistributedSampler, the one engine=raw uses, and for
     profiler=pytorch engine=raw's schedule (Lightning's default one records every step of a short run)."""
     profiler = cfg.trainer.get("profiler")
-    return {**cfg.trainer, "enable_progress_bar": console.progress_bar_enabled(cfg.trainer),
-            "enable_model_summary": False, "detect_anomaly": bool(cfg.debug.detect_anomaly),
-            "use_distributed_sampler": False, "profiler": PyTorchProfiler(schedule=torch.profiler.schedule(
-                wait=1, warmup=1, active=3, repeat=1)) if profiler == "pytorch" else profiler}
+    return {
+        **cfg.trainer,
+        "enable_progress_bar": console.progress_bar_enabled(cfg.trainer),
+        "enable_model_summary": False,
+        "detect_anomaly": bool(cfg.debug.detect_anomaly),
+        "use_distributed_sampler": False,
+        "profiler": PyTorchProfiler(schedule=torch.profiler.schedule(wait=1, warmup=1, active=3, repeat=1))
+        if profiler == "pytorch"
+        else profiler,
+    }
 
 
 # -- device --
@@ -86,6 +117,7 @@ def trainer_arguments(cfg: DictConfig) -> dict[str, Any]:
 # (64-true) and, for 16-mixed, drives its own GradScaler.
 
 # -- data --
+
 
 class DataModule(data.DataPipeline, L.LightningDataModule):
     """The shared pipeline of data.py, seen by Lightning as a LightningDataModule. Its state in a checkpoint is how
@@ -106,6 +138,7 @@ class DataModule(data.DataPipeline, L.LightningDataModule):
 
 # -- loop --
 # trainer.fit runs the fit loop (epochs, max_steps, validation cadence, limit_*_batches); trainer.test the test.
+
 
 class EpochTimer(L.Callback):
     """To measure and for parity: each epoch's wall time (training and validation) for metrics.json, and the line
@@ -129,6 +162,7 @@ class EpochTimer(L.Callback):
 
 
 # -- step --
+
 
 class Classifier(L.LightningModule):
     """The plain model (models.py) with the steps of task.py, which engine=raw's loop calls too."""
@@ -162,8 +196,14 @@ class Classifier(L.LightningModule):
         optimizer, schedule = task.configure_optimizers(self.cfg, self.model, self.trainer.estimated_stepping_batches)
         if schedule is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule.scheduler, "interval": schedule.interval,
-                                                         "monitor": schedule.monitor}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": schedule.scheduler,
+                "interval": schedule.interval,
+                "monitor": schedule.monitor,
+            },
+        }
 
     # -- validation --
 
@@ -186,6 +226,7 @@ class Classifier(L.LightningModule):
 
 # -- non-finite loss --
 
+
 class NonFiniteGuard(L.Callback):
     """For parity: engine=raw's guard (guards.py), recorded after each batch on the device, read at the logging
     cadence and before each checkpoint is written."""
@@ -196,8 +237,9 @@ class NonFiniteGuard(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         self.step = trainer.global_step  # the step this batch's loss counts towards
 
-    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self.guard.record(outputs["loss"], batch[0], trainer.current_epoch, self.step)
         if trainer.global_step % trainer.log_every_n_steps == 0:
             self.guard.check(module.model)
@@ -208,6 +250,7 @@ class NonFiniteGuard(L.Callback):
 
 # -- checkpoints --
 # ModelCheckpoint `best` and `latest` (fit); the strategy's checkpoint_io writes the files.
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """For parity and safety: checkpoint.py's write (a temporary file beside the target, fsync, rename), as in
@@ -234,6 +277,7 @@ class ExactResume(L.Callback):
 # -- logging --
 # TensorBoardLogger (fit) writes every self.log value at log_every_n_steps; validation values per epoch.
 
+
 class TensorBoardSummaries(L.Callback):
     """For parity: what engine=raw writes to TensorBoard beyond the loss, lr and metrics, where it writes it: the
     gradient norm, and summaries.py's histograms, images, graph, confusion matrix and hparams. On ranks > 0
@@ -250,17 +294,29 @@ class TensorBoardSummaries(L.Callback):
 
     def on_before_optimizer_step(self, trainer: L.Trainer, module: L.LightningModule, optimizer: Any) -> None:
         # After unscaling, before clipping and zero_grad, as in engine=raw.
-        self.summaries.on_before_optimizer_step(self.writer, module.model, trainer.current_epoch,
-                                                trainer.fit_loop.epoch_loop.batch_idx,
-                                                trainer.accumulate_grad_batches, trainer.global_step)
+        self.summaries.on_before_optimizer_step(
+            self.writer,
+            module.model,
+            trainer.current_epoch,
+            trainer.fit_loop.epoch_loop.batch_idx,
+            trainer.accumulate_grad_batches,
+            trainer.global_step,
+        )
         if (trainer.global_step + 1) % trainer.log_every_n_steps == 0:
             module.log("train/grad_norm", summaries.gradient_norm(module.model))
 
     def on_test_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.summaries.on_test_start(module.device)
 
-    def on_test_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
-                          batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         self.summaries.on_test_batch_end(batch[0], outputs, batch[1])  # outputs: test_step's logits
 
     def on_test_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -268,6 +324,7 @@ class TensorBoardSummaries(L.Callback):
 
 
 # -- signals --
+
 
 class SaveOnStop(L.Callback):
     """For parity: SIGTERM and Ctrl-C stop after the current optimizer step and its validation (after the epoch's
@@ -287,8 +344,9 @@ class SaveOnStop(L.Callback):
         if any_rank(self.received() is not None, module.device):
             self.stopping = trainer._signal_connector.received_sigterm = True  # what Lightning's handler sets
 
-    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or trainer.is_last_batch:  # a step was taken
             self.stop_if_agreed(trainer, module)
 

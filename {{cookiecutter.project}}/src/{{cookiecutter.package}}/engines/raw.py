@@ -46,16 +46,33 @@ from ..models import build_model
 # The keys of configs/trainer/*.yaml that this engine implements. Any other key stops the run before it
 # starts: a Lightning setting the raw engine would silently ignore is a bug, not a feature.
 SUPPORTED_TRAINER_KEYS = {
-    "accelerator", "devices", "precision", "max_epochs", "max_steps", "gradient_clip_val",
-    "gradient_clip_algorithm", "accumulate_grad_batches", "check_val_every_n_epoch", "limit_train_batches",
-    "limit_val_batches", "limit_test_batches", "log_every_n_steps", "enable_progress_bar", "deterministic",
-    "strategy", "num_nodes", "fast_dev_run", "overfit_batches", "val_check_interval",
+    "accelerator",
+    "devices",
+    "precision",
+    "max_epochs",
+    "max_steps",
+    "gradient_clip_val",
+    "gradient_clip_algorithm",
+    "accumulate_grad_batches",
+    "check_val_every_n_epoch",
+    "limit_train_batches",
+    "limit_val_batches",
+    "limit_test_batches",
+    "log_every_n_steps",
+    "enable_progress_bar",
+    "deterministic",
+    "strategy",
+    "num_nodes",
+    "fast_dev_run",
+    "overfit_batches",
+    "val_check_interval",
     "profiler",
 }
 Batch = task.Batch
 
 
 # -- fit --
+
 
 def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[str, Any]:
     """Train with validation every epoch, then test with the best checkpoint. Returns the final metrics."""
@@ -84,11 +101,13 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
     # LightningModule.configure_optimizers returns (task.py), for the steps the run will take.
     trainer.model = build_model(cfg.model, cfg.weights_from).to(trainer.device, trainer.precision.param_dtype)
     trainer.ddp_model = wrap_ddp(trainer.model, trainer.device) if is_ddp(cfg.trainer) else trainer.model
-    trainer.optimizer, trainer.schedule = task.configure_optimizers(cfg, trainer.model,
-                                                                    estimated_stepping_batches(trainer))
+    trainer.optimizer, trainer.schedule = task.configure_optimizers(
+        cfg, trainer.model, estimated_stepping_batches(trainer)
+    )
     # Loss scaling keeps float16 gradients from underflowing; with any other precision it does nothing.
-    trainer.scaler = torch.amp.GradScaler(trainer.device.type,
-                                          enabled=trainer.precision.autocast_dtype == torch.float16)
+    trainer.scaler = torch.amp.GradScaler(
+        trainer.device.type, enabled=trainer.precision.autocast_dtype == torch.float16
+    )
     trainer.early_stopping = EarlyStopping.from_config(cfg.callbacks.get("early_stopping"))
     trainer.non_finite = NonFiniteLossGuard()
 
@@ -194,11 +213,14 @@ def init_debugging_flags(trainer: Trainer, settings: DictConfig) -> None:
 def check_trainer_keys(settings: DictConfig) -> None:
     unknown = sorted(set(settings) - SUPPORTED_TRAINER_KEYS)
     if unknown:
-        raise UserError(f"trainer.{unknown[0]} is not implemented by engine=raw (it implements: "
-                        f"{', '.join(sorted(SUPPORTED_TRAINER_KEYS))}); remove it or use engine=lightning")
+        raise UserError(
+            f"trainer.{unknown[0]} is not implemented by engine=raw (it implements: "
+            f"{', '.join(sorted(SUPPORTED_TRAINER_KEYS))}); remove it or use engine=lightning"
+        )
 
 
 # -- device --
+
 
 def pick_device(accelerator: str, local_rank: int = 0) -> torch.device:
     """Lightning's accelerator names mapped to a torch.device ('auto' prefers CUDA, then MPS).
@@ -218,6 +240,7 @@ def batch_to_device(batch: Batch, device: torch.device, precision: "Precision") 
 
 # -- precision --
 
+
 class Precision(NamedTuple):
     param_dtype: torch.dtype  # of the parameters and the inputs
     autocast_dtype: torch.dtype | None  # what autocast computes in; None: no autocast
@@ -234,8 +257,9 @@ PRECISIONS = {
 def parse_precision(precision: str, device: torch.device) -> Precision:
     """Lightning's precision names. (16-mixed off CUDA is refused for both engines in launch.check_precision.)"""
     if precision not in PRECISIONS:
-        raise UserError(f"trainer.precision={precision!r} is not implemented by engine=raw: use one of "
-                        f"{', '.join(PRECISIONS)}")
+        raise UserError(
+            f"trainer.precision={precision!r} is not implemented by engine=raw: use one of {', '.join(PRECISIONS)}"
+        )
     if precision == "64-true" and device.type == "mps":
         raise UserError("trainer.precision=64-true is not supported on mps: use 32-true")
     return PRECISIONS[precision]
@@ -262,16 +286,24 @@ def set_deterministic(deterministic: bool | str) -> None:
 # -- data --
 # data.py: the pipeline (its hooks called in fit) and limit_batches, Lightning's limit_*_batches.
 
+
 def resolve_overfit_batches(trainer: Trainer, loader: DataLoader) -> DataLoader:
     """Trainer(overfit_batches): the training loader without shuffling, as Lightning swaps in a SequentialSampler
     over the whole training set (on every rank), so that each epoch trains on the same first batches."""
     if not trainer.overfit_batches:
         return loader
-    return DataLoader(loader.dataset, batch_size=loader.batch_size, num_workers=loader.num_workers,
-                      pin_memory=loader.pin_memory, persistent_workers=loader.persistent_workers,
-                      generator=loader.generator)
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        num_workers=loader.num_workers,
+        pin_memory=loader.pin_memory,
+        persistent_workers=loader.persistent_workers,
+        generator=loader.generator,
+    )
+
 
 # -- loop --
+
 
 def fit_loop(trainer: Trainer) -> None:
     """Lightning's fit loop: epochs until max_epochs, max_steps or early stopping."""
@@ -295,8 +327,9 @@ def train_epoch(trainer: Trainer) -> None:
         trainer.train_loader.sampler.set_epoch(trainer.current_epoch)  # the order: a function of (seed, epoch)
     trainer.model.train()
     # After a mid-epoch resume the loader starts after the batches already trained (restore_checkpoint).
-    batches = itertools.islice(enumerate(trainer.train_loader, trainer.batches_done),
-                               trainer.num_training_batches - trainer.batches_done)
+    batches = itertools.islice(
+        enumerate(trainer.train_loader, trainer.batches_done), trainer.num_training_batches - trainer.batches_done
+    )
     with progress_bar(trainer, batches) as batches:
         for window in accumulation_windows(batches, trainer.accumulate_grad_batches):
             if max_steps_reached(trainer) or trainer.should_stop:
@@ -319,21 +352,26 @@ def val_check_batch(trainer: Trainer) -> int:
     interval, batches = trainer.val_check_interval, trainer.num_training_batches
     window = trainer.accumulate_grad_batches
     if isinstance(interval, int) and interval > batches:
-        raise UserError(f"trainer.val_check_interval={interval} is not valid here: it must be at most the number of "
-                        f"training batches ({batches}), or a fraction")
+        raise UserError(
+            f"trainer.val_check_interval={interval} is not valid here: it must be at most the number of "
+            f"training batches ({batches}), or a fraction"
+        )
     check_batch = interval if isinstance(interval, int) else max(1, int(batches * interval))
     if check_batch % window and check_batch != batches:
-        raise UserError(f"trainer.val_check_interval={interval} (every {check_batch} batches) with trainer."
-                        f"accumulate_grad_batches={window} is not implemented by engine=raw: validation inside an "
-                        "accumulation window; use a multiple of it, or engine=lightning")
+        raise UserError(
+            f"trainer.val_check_interval={interval} (every {check_batch} batches) with trainer."
+            f"accumulate_grad_batches={window} is not implemented by engine=raw: validation inside an "
+            "accumulation window; use a multiple of it, or engine=lightning"
+        )
     return check_batch
 
 
 def should_check_val(trainer: Trainer) -> bool:
     """Lightning's _should_check_val_fx: on every check_val_every_n_epoch-th epoch, after each val_check_batch-th
     batch of it (always the end of an accumulation window: val_check_batch)."""
-    return ((trainer.current_epoch + 1) % trainer.check_val_every_n_epoch == 0
-            and trainer.batches_done % trainer.val_check_batch == 0)
+    return (
+        trainer.current_epoch + 1
+    ) % trainer.check_val_every_n_epoch == 0 and trainer.batches_done % trainer.val_check_batch == 0
 
 
 def on_train_epoch_end(trainer: Trainer, epoch_started: float) -> None:
@@ -369,6 +407,7 @@ def estimated_stepping_batches(trainer: Trainer) -> int:
 
 # -- step --
 
+
 def training_step(trainer: Trainer, batch: Batch) -> torch.Tensor:
     """LightningModule.training_step (task.py), with what the Trainer wraps around it: the batch moved to the
     device, autocast, and the non-finite guard's record (on the device: no host sync)."""
@@ -400,6 +439,7 @@ def optimizer_step(trainer: Trainer, micro_batches: list[Batch]) -> None:
 
 # -- accumulation --
 
+
 def accumulation_windows(batches: Iterable[Any], size: int) -> Iterator[list[Any]]:
     """Consecutive groups of `size` batches, one optimizer step each; the epoch's last group may be shorter and
     steps too. Each loss is divided by `size` (optimizer_step), as Lightning normalises it: the gradients of a
@@ -419,6 +459,7 @@ def no_backward_sync(model: nn.Module, skip: bool):
 
 # -- clipping --
 
+
 def clip_gradients(model: nn.Module, clip_val: float | None, algorithm: str) -> None:
     """Trainer(gradient_clip_val, gradient_clip_algorithm): after unscaling, before the optimizer step."""
     if not clip_val:
@@ -433,6 +474,7 @@ def clip_gradients(model: nn.Module, clip_val: float | None, algorithm: str) -> 
 
 # -- scheduler --
 
+
 def lr_scheduler_step(schedule: task.Schedule, val_metrics: dict[str, float]) -> None:
     """An epoch-interval scheduler steps after validation; ReduceLROnPlateau reads the monitored metric.
     (A step-interval one steps after each optimizer step, in optimizer_step.)"""
@@ -446,14 +488,19 @@ def lr_scheduler_step(schedule: task.Schedule, val_metrics: dict[str, float]) ->
 
 # -- validation --
 
+
 def validation_loop(trainer: Trainer) -> None:
     """Lightning's validation loop (at the end of an epoch, or inside it: val_check_interval), then what
     ModelCheckpoint(monitor) and EarlyStopping do with its metrics: best.ckpt is rewritten when `monitor` improved,
     at the epoch's end or, when validation may run inside it, at once (and last.ckpt too)."""
-    trainer.val_metrics = evaluation_loop(trainer.ddp_model, trainer.val_loader, trainer.num_val_batches,
-                                          trainer.device, trainer.precision)
-    log_metrics(trainer, {**{f"val/{name}": value for name, value in trainer.val_metrics.items()},
-                          "epoch": trainer.current_epoch}, trainer.global_step - 1)  # the epoch's last step
+    trainer.val_metrics = evaluation_loop(
+        trainer.ddp_model, trainer.val_loader, trainer.num_val_batches, trainer.device, trainer.precision
+    )
+    log_metrics(
+        trainer,
+        {**{f"val/{name}": value for name, value in trainer.val_metrics.items()}, "epoch": trainer.current_epoch},
+        trainer.global_step - 1,
+    )  # the epoch's last step
     if trainer.fast_dev_run:  # Lightning's fast_dev_run: no checkpoints, no early stopping
         return
     score = trainer.val_metrics[trainer.monitor.removeprefix("val/")]  # the same on every rank: reduced over all
@@ -479,10 +526,19 @@ def test_loop(trainer: Trainer) -> dict[str, float]:
     test_loader = trainer.data.test_dataloader()
     num_test_batches = limit_batches(len(test_loader), trainer.limit_test_batches)
     trainer.summaries.on_test_start(trainer.device)
-    metrics = evaluation_loop(trainer.ddp_model, test_loader, num_test_batches, trainer.device, trainer.precision,
-                              observe=trainer.summaries.on_test_batch_end)
-    log_metrics(trainer, {**{f"test/{name}": value for name, value in metrics.items()},
-                          "epoch": trainer.current_epoch}, trainer.global_step)
+    metrics = evaluation_loop(
+        trainer.ddp_model,
+        test_loader,
+        num_test_batches,
+        trainer.device,
+        trainer.precision,
+        observe=trainer.summaries.on_test_batch_end,
+    )
+    log_metrics(
+        trainer,
+        {**{f"test/{name}": value for name, value in metrics.items()}, "epoch": trainer.current_epoch},
+        trainer.global_step,
+    )
     # The confusion matrix (computed on every rank), the misclassified examples, the hparams: written by rank 0.
     trainer.summaries.on_test_end(trainer.tensorboard if trainer.world.is_main else None, trainer.global_step)
     for logger in trainer.loggers:
@@ -491,8 +547,14 @@ def test_loop(trainer: Trainer) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluation_loop(model: nn.Module, loader: DataLoader, num_batches: int, device: torch.device,
-                    precision: Precision, observe: Callable[..., None] | None = None) -> dict[str, float]:
+def evaluation_loop(
+    model: nn.Module,
+    loader: DataLoader,
+    num_batches: int,
+    device: torch.device,
+    precision: Precision,
+    observe: Callable[..., None] | None = None,
+) -> dict[str, float]:
     """Mean loss over samples and accuracy, in eval mode (dropout off, batch-norm running statistics), from
     LightningModule.validation_step / test_step (task.py). `observe(inputs, logits, targets)` sees every batch."""
     model.eval()
@@ -542,8 +604,10 @@ class EarlyStopping:
             self.wait += 1
             self.should_stop = self.wait >= self.patience
         if self.should_stop:
-            print(f"early stopping: {self.monitor} has not improved for {self.wait} validations "
-                  f"(best {self.best:.4f})", flush=True)
+            print(
+                f"early stopping: {self.monitor} has not improved for {self.wait} validations (best {self.best:.4f})",
+                flush=True,
+            )
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "wait": self.wait, "should_stop": self.should_stop}
@@ -559,6 +623,7 @@ class EarlyStopping:
 
 # -- checkpoints --
 
+
 def trainer_save_checkpoint(trainer: Trainer, name: str, weights_only: bool = False) -> None:
     """Trainer.save_checkpoint: last.ckpt holds everything to resume exactly; best.ckpt (weights_only) the model.
     Rank 0 writes; the write is atomic (checkpoint.py)."""
@@ -567,19 +632,29 @@ def trainer_save_checkpoint(trainer: Trainer, name: str, weights_only: bool = Fa
         return
     state = {"engine": "raw", "model": trainer.model.state_dict(), "config": trainer.config_yaml}
     if weights_only:
-        state |= {"epoch": trainer.current_epoch, "global_step": trainer.global_step,
-                  trainer.monitor: trainer.best_score}
+        state |= {
+            "epoch": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            trainer.monitor: trainer.best_score,
+        }
     else:
         state |= {
-            "progress": {"epoch": trainer.current_epoch, "batches_done": trainer.batches_done,
-                         "global_step": trainer.global_step, "best_score": trainer.best_score},
+            "progress": {
+                "epoch": trainer.current_epoch,
+                "batches_done": trainer.batches_done,
+                "global_step": trainer.global_step,
+                "best_score": trainer.best_score,
+            },
             "optimizer": trainer.optimizer.state_dict(),
             "scheduler": trainer.schedule.scheduler.state_dict() if trainer.schedule else None,
             "scaler": trainer.scaler.state_dict(),
             "early_stopping": trainer.early_stopping.state_dict(),
             "rng": get_rng_state(),  # dropout masks after a resume are the ones the straight run draws
-            "data_order": {"seed": trainer.cfg.seed, "epoch": trainer.current_epoch,
-                           "batches_done": trainer.batches_done},
+            "data_order": {
+                "seed": trainer.cfg.seed,
+                "epoch": trainer.current_epoch,
+                "batches_done": trainer.batches_done,
+            },
             "versions": {"torch": str(torch.__version__), "python": sys.version.split()[0]},
         }
     save_checkpoint(state, trainer.checkpoint_dir / name)
@@ -601,13 +676,16 @@ def restore_checkpoint(trainer: Trainer, path: Path) -> None:
     trainer.global_step, trainer.best_score = progress["global_step"], progress["best_score"]
     # overfit_batches: from the first batch. After the epoch's last batch (saved by a validation there) nothing
     # is left to skip: that epoch draws no batch, and a skip set now would cut the next epoch's.
-    if (isinstance(trainer.train_loader.sampler, DistributedSampler)
-            and trainer.batches_done < trainer.num_training_batches):
+    if (
+        isinstance(trainer.train_loader.sampler, DistributedSampler)
+        and trainer.batches_done < trainer.num_training_batches
+    ):
         trainer.train_loader.sampler.start_after(trainer.batches_done * trainer.cfg.data.batch_size)  # data.py
     set_rng_state(state["rng"])
 
 
 # -- logging --
+
 
 def setup_loggers(trainer: Trainer) -> list[Any]:
     """Trainer(logger=...): rank 0 logs to configs/logger/'s loggers (loggers.py: TensorBoard, CSV, MLflow, W&B),
@@ -647,8 +725,9 @@ def setup_profiler(trainer: Trainer) -> Iterator["torch.profiler.profile | PassT
         yield PassThroughProfiler()
         return
     if setting != "pytorch":
-        raise UserError(f"trainer.profiler={setting} is not implemented by engine=raw: use pytorch, or "
-                        "engine=lightning")
+        raise UserError(
+            f"trainer.profiler={setting} is not implemented by engine=raw: use pytorch, or engine=lightning"
+        )
     schedule = torch.profiler.schedule(wait=1, warmup=1, active=3, repeat=1)
     rank = f"-{trainer.world.local_rank}" if trainer.world.size > 1 else ""  # Lightning names the rank, too
     folder = loggers.tensorboard_dir(trainer.cfg, trainer.run_dir) or trainer.run_dir  # Lightning's trainer.log_dir
@@ -660,9 +739,14 @@ def setup_profiler(trainer: Trainer) -> Iterator["torch.profiler.profile | PassT
 def on_before_optimizer_step(trainer: Trainer) -> None:
     """After backward and unscaling, before clipping: the gradients as TensorBoard shows them (histograms on their
     epochs, the norm at the logging cadence)."""
-    trainer.summaries.on_before_optimizer_step(trainer.tensorboard, trainer.model, trainer.current_epoch,
-                                               trainer.batches_done, trainer.accumulate_grad_batches,
-                                               trainer.global_step)
+    trainer.summaries.on_before_optimizer_step(
+        trainer.tensorboard,
+        trainer.model,
+        trainer.current_epoch,
+        trainer.batches_done,
+        trainer.accumulate_grad_batches,
+        trainer.global_step,
+    )
     if (trainer.global_step + 1) % trainer.log_every_n_steps == 0:  # logged with the step's loss
         trainer.grad_norm = summaries.gradient_norm(trainer.model).item()
 
@@ -674,8 +758,16 @@ def on_train_batch_end(trainer: Trainer) -> None:
     if trainer.global_step % trainer.log_every_n_steps == 0:
         trainer.non_finite.check(trainer.model)
         loss = trainer.last_loss.item()
-        log_metrics(trainer, {"train/grad_norm": trainer.grad_norm, "train/loss": loss, "lr": trainer.learning_rate,
-                              "epoch": trainer.current_epoch}, step)
+        log_metrics(
+            trainer,
+            {
+                "train/grad_norm": trainer.grad_norm,
+                "train/loss": loss,
+                "lr": trainer.learning_rate,
+                "epoch": trainer.current_epoch,
+            },
+            step,
+        )
         trainer.progress.set_postfix(loss=f"{loss:.4f}")
     trainer.stopping = stop_agreed(trainer)
 
@@ -684,14 +776,21 @@ def on_train_batch_end(trainer: Trainer) -> None:
 def progress_bar(trainer: Trainer, batches: Iterable[Any]) -> Iterator[Iterable[Any]]:
     """TQDMProgressBar: on a terminal only (console.py); the same bar Lightning draws."""
     total = trainer.num_training_batches - trainer.batches_done
-    with tqdm(batches, total=total, desc=f"Epoch {trainer.current_epoch}", unit="batch", leave=False,
-              disable=not console.progress_bar_enabled(trainer.cfg.trainer)) as bar:
+    with tqdm(
+        batches,
+        total=total,
+        desc=f"Epoch {trainer.current_epoch}",
+        unit="batch",
+        leave=False,
+        disable=not console.progress_bar_enabled(trainer.cfg.trainer),
+    ) as bar:
         trainer.progress = bar
         yield bar
 
 
 # -- signals --
 # guards.stop_on_signals turns SIGTERM and Ctrl-C into a request that the loop reads after each step.
+
 
 def stop_agreed(trainer: Trainer) -> bool:
     """Whether a signal came, on any rank: under DDP all of them stop at the same step, or they would wait for each
@@ -704,14 +803,16 @@ def stop_training(trainer: Trainer) -> None:
     trainer_save_checkpoint(trainer, "last.ckpt")
     for logger in trainer.loggers:
         logger.finalize("failed")  # as Lightning's on an interrupt
-    raise TrainingStopped.by_signal(trainer.stop_requested(), trainer.current_epoch, trainer.global_step,
-                                    trainer.checkpoint_dir)
+    raise TrainingStopped.by_signal(
+        trainer.stop_requested(), trainer.current_epoch, trainer.global_step, trainer.checkpoint_dir
+    )
 
 
 # -- DDP --
 # distributed.py starts one process per device and joins the process group; the data pipeline gives each rank its
 # DistributedSampler share; evaluation_loop adds up loss sums over the ranks (reduce_sum) and the accuracy metric
 # syncs itself; rank 0 alone writes checkpoints and events.
+
 
 def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     """Every rank holds a whole copy of the model; backward() averages the gradients over the ranks, and forward()
