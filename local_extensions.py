@@ -28,16 +28,11 @@ from jinja2.sandbox import SandboxedEnvironment, safe_range
 TEMPLATE_MARKERS = ("{{", "{%", "{#")
 
 
-@simple_filter
-def quoted(value: object) -> str:
-    """Quote free text as one string that is valid, with the same value, in TOML, YAML and Python.
-
-    The three languages share the double-quoted form with `\\"`, `\\\\`, `\\uXXXX` and `\\UXXXXXXXX`
-    escapes; everything printable (unicode included) stays as it is.
-    """
+def escaped(text: str, quote: str) -> str:
+    """`text` between `quote`s, with `\\`-escapes for the quote, the backslash and anything not printable."""
     out = []
-    for ch in str(value):
-        if ch in '"\\':
+    for ch in text:
+        if ch in quote + "\\":
             out.append("\\" + ch)
         elif ch.isprintable():
             out.append(ch)
@@ -45,7 +40,25 @@ def quoted(value: object) -> str:
             out.append(f"\\u{ord(ch):04x}")
         else:
             out.append(f"\\U{ord(ch):08x}")
-    return '"' + "".join(out) + '"'
+    return quote + "".join(out) + quote
+
+
+@simple_filter
+def quoted(value: object) -> str:
+    """Quote free text as one string that is valid, with the same value, in TOML, YAML and Python.
+
+    The three languages share the double-quoted form with `\\"`, `\\\\`, `\\uXXXX` and `\\UXXXXXXXX`
+    escapes; everything printable (unicode included) stays as it is.
+    """
+    return escaped(str(value), '"')
+
+
+@simple_filter
+def python_string(value: object) -> str:
+    """Free text as the Python string literal that `ruff format` keeps: in double quotes unless the text holds more
+    double than single quotes (then single quotes need fewer escapes, and ruff would switch to them)."""
+    text = str(value)
+    return escaped(text, "'" if text.count('"') > text.count("'") else '"')
 
 
 class RefusedValue(FailedHookException):

@@ -144,6 +144,25 @@ def test_each_option_value_bakes(cookies, key, value):
         assert "tour/" not in readme
 
 
+def test_python_string_is_the_literal_ruff_format_keeps():
+    """__init__.py's PROJECT_NAME: the value back from the literal, and a literal that ruff format leaves as it is
+    (it prefers double quotes unless single ones need fewer escapes)."""
+    sys.path.insert(0, str(TEMPLATE))
+    try:
+        from jinja2 import Environment
+        from local_extensions import python_string
+    finally:
+        sys.path.remove(str(TEMPLATE))
+    values = ['Say "hi"', "It's", "\"a\" 'b'", "''\"", 'Ünïcode "Net" \\ back\'slash', "plain", "back\\slash", "x\u200by"]
+    render = Environment(extensions=[python_string]).from_string("{{ value | python_string }}").render
+    literals = [render(value=value) for value in values]
+    assert [ast.literal_eval(literal) for literal in literals] == values
+    source = "".join(f"NAME = {literal}\n" for literal in literals)
+    formatted = subprocess.run([sys.executable, "-m", "ruff", "format", "--no-cache", "--stdin-filename", "name.py",
+                                "-"], input=source, capture_output=True, text=True, check=True).stdout
+    assert formatted == source
+
+
 ODD_TEXT = {
     "project_name": 'Ünïcode "Net" \\ back\'slash',
     "description": 'Say "hi" \\ to ünïcode, émoji 🤖 and a tab\there',
