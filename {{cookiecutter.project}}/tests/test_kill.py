@@ -9,9 +9,11 @@ README "What is tested" reports a run with 20. KILL_FUZZ_SEED replays the moment
 import os
 import queue
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -41,8 +43,11 @@ RUN = [
 
 
 def other_filesystem(path: Path) -> Path | None:
+    """A new folder in /dev/shm (memory, another filesystem than `path`'s), or None where there is none."""
     shm = Path("/dev/shm")
-    return shm if shm.is_dir() and os.access(shm, os.W_OK) and shm.stat().st_dev != path.stat().st_dev else None
+    if shm.is_dir() and os.access(shm, os.W_OK) and shm.stat().st_dev != path.stat().st_dev:
+        return Path(tempfile.mkdtemp(dir=shm, prefix="kill-fuzz-"))
+    return None
 
 
 # One thread per process: on a busy machine a multi-threaded CPU run now and then computes an epoch's float sums in
@@ -108,10 +113,11 @@ def kill_during_training(
 @pytest.mark.slow
 @pytest.mark.parametrize("tmpdir_on", ["same filesystem", "another filesystem"])
 @pytest.mark.parametrize("engine", ["raw", "lightning"])
-def test_kill_9_at_random_moments_loses_nothing(tmp_path, engine, tmpdir_on):
+def test_kill_9_at_random_moments_loses_nothing(tmp_path, engine, tmpdir_on, request):
     tmpdir = tmp_path / "tmp" if tmpdir_on == "same filesystem" else other_filesystem(tmp_path)
     if tmpdir is None:
         pytest.skip("no writable /dev/shm on another filesystem")
+    request.addfinalizer(lambda: shutil.rmtree(tmpdir, ignore_errors=True))  # what the runs left there
     tmpdir.mkdir(exist_ok=True)
     rng = random.Random(f"{SEED}-{engine}-{tmpdir_on}")
     straight = train(tmp_path / "straight", engine, tmpdir)

@@ -1,5 +1,7 @@
 """engine=raw does what the Lightning Trainer does for the same trainer config: one test per claim."""
 
+import threading
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -234,6 +236,25 @@ def test_diverging_parameters_are_named(tmp_path):
             "trainer.limit_train_batches=10",
         )
     assert not (tmp_path / "checkpoints" / "last.ckpt").exists()
+
+
+def tensorboard_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if type(t).__module__.startswith("tensorboard") and t.is_alive()}
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["optimizer.lr=1e30", "optimizer=sgd", "scheduler=none"], ["trainer.profiler=simple"]],
+    ids=["a non-finite loss", "a refused profiler"],
+)
+def test_a_failed_run_finalizes_its_loggers(tmp_path, overrides):
+    """As Lightning's Trainer on an exception: the loggers are finalized as failed, so TensorBoard's writer thread
+    ends with its file complete (left open, it wrote on after its folder was gone)."""
+    before = tensorboard_threads()
+    with pytest.raises(UserError):
+        train(tmp_path, "model=mlp", *overrides, "trainer.max_epochs=1", "trainer.limit_train_batches=10")
+    assert tensorboard_threads() - before == set()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_anomaly_mode_names_the_failing_operation(tmp_path, monkeypatch):

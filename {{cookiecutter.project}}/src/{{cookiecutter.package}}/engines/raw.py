@@ -116,9 +116,10 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
     trainer.loggers = setup_loggers(trainer)
 
     trainer.train_started_at = time.perf_counter()  # start-up ends here (metrics.json: startup_s)
-    with stop_on_signals() as trainer.stop_requested, setup_profiler(trainer) as trainer.profiler:
-        fit_loop(trainer)
-    test_metrics = test_loop(trainer)
+    with finalize_loggers_on_failure(trainer):
+        with stop_on_signals() as trainer.stop_requested, setup_profiler(trainer) as trainer.profiler:
+            fit_loop(trainer)
+        test_metrics = test_loop(trainer)
     return {
         "device": str(trainer.device),
         "epochs": trainer.current_epoch,
@@ -701,6 +702,18 @@ def setup_loggers(trainer: Trainer) -> list[Any]:
     return chosen
 
 
+@contextlib.contextmanager
+def finalize_loggers_on_failure(trainer: Trainer) -> Iterator[None]:
+    """Lightning's _call_and_handle_interrupt: a run that ends in an exception (a stop signal, a non-finite loss, a
+    refused setting) finalizes its loggers as failed: TensorBoard's file closed, the MLflow run FAILED, W&B done."""
+    try:
+        yield
+    except BaseException:
+        for logger in trainer.loggers:
+            logger.finalize("failed")
+        raise
+
+
 def log_metrics(trainer: Trainer, metrics: dict[str, float], step: int) -> None:
     """What Lightning's logger connector does with the values of one step: each logger gets them all at once."""
     for logger in trainer.loggers:
@@ -801,9 +814,7 @@ def stop_agreed(trainer: Trainer) -> bool:
 def stop_training(trainer: Trainer) -> None:
     """The step and its validation (at the epoch's last step: the epoch's end) are done: save last.ckpt, leave."""
     trainer_save_checkpoint(trainer, "last.ckpt")
-    for logger in trainer.loggers:
-        logger.finalize("failed")  # as Lightning's on an interrupt
-    raise TrainingStopped.by_signal(
+    raise TrainingStopped.by_signal(  # its loggers finalized as failed by finalize_loggers_on_failure
         trainer.stop_requested(), trainer.current_epoch, trainer.global_step, trainer.checkpoint_dir
     )
 
