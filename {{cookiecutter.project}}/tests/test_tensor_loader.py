@@ -4,9 +4,12 @@ DDP shares), with the augmentation drawn per batch from (seed, epoch, rank, batc
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -263,11 +266,13 @@ def test_the_gpu_benchmark_refuses_a_machine_it_cannot_run_on_in_one_line(tmp_pa
 
 
 @pytest.mark.slow
-def test_the_data_loading_benchmark_runs_writes_its_figures_and_leaves_no_files(tmp_path):
+def test_the_data_loading_benchmark_runs_writes_its_figures_and_leaves_no_files(tmp_path, request):
     """benchmarks/data_loading.py on a few synthetic images, loading and a one-epoch run per loader (the timings are
     never asserted); its synthetic files and training runs go to temporary folders that it removes."""
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
+    # Its own TMPDIR, short: DataLoader workers pass tensors through an AF_UNIX socket made in TMPDIR, whose path may
+    # not exceed 107 characters (under tmp_path, nested in the template's suite, the workers' batches were lost).
+    scratch = Path(tempfile.mkdtemp(prefix="dl-"))
+    request.addfinalizer(lambda: shutil.rmtree(scratch, ignore_errors=True))
     # A narrow ResNet-9 and one DataLoader worker in the epoch runs: their mechanics are tested, not their speed (on
     # a busy 2-core machine the recipe's 8 workers and full width took over 300 s).
     result = benchmark(
