@@ -268,6 +268,73 @@ def test_a_fraction_of_batches_that_leaves_none_is_one_line_before_training(tmp_
 
 
 @pytest.mark.parametrize("engine", ["raw", "lightning"])
+def test_data_loader_workers_with_a_too_long_tmpdir_are_one_line_before_any_work(tmp_path, engine, monkeypatch):
+    """Their socket's folder stood in for: the one line names TMPDIR, its length and the longest that works."""
+    import multiprocessing.util
+
+    long_tmpdir = "/" + "t" * 99
+    monkeypatch.setattr(multiprocessing.util, "get_temp_dir", lambda: f"{long_tmpdir}/pymp-abcdefgh")
+    with pytest.raises(UserError) as refused:
+        train(compose_train([f"engine={engine}", "data.num_workers=2"]), tmp_path / "run")
+    assert str(refused.value) == (
+        f"data.num_workers=2 is not valid with TMPDIR={long_tmpdir} (100 characters): the DataLoader workers' "
+        "socket would be 132 characters, over the 107 a socket path may have; set TMPDIR to a folder of at most "
+        "75 characters, or data.num_workers=0"
+    )
+    assert not (tmp_path / "run").exists()
+    from {{ cookiecutter.package }}.launch import check_config
+
+    for accepted in (["data.num_workers=0"], ["data.num_workers=2", "data.loader=tensor"]):  # no workers, no socket
+        check_config(compose_train(accepted))
+
+
+SOCKET_PROBE = """
+import multiprocessing.connection
+from omegaconf import OmegaConf
+from {{ cookiecutter.package }}.data import check_worker_socket
+from {{ cookiecutter.package }}.errors import UserError
+try:
+    check_worker_socket(OmegaConf.create({"loader": "dataloader", "num_workers": 1}))
+    verdict = "accepted"
+except UserError:
+    verdict = "refused"
+try:  # the socket each DataLoader worker makes to hand a batch over (multiprocessing.resource_sharer)
+    multiprocessing.connection.Listener(family="AF_UNIX").close()
+    socket = "binds"
+except OSError:
+    socket = "fails"
+print(verdict, socket)
+"""
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the workers' socket (file_descriptor sharing) is Linux's"
+)
+@pytest.mark.parametrize("length", [75, 76])  # the longest TMPDIR that works here, and one more character
+def test_the_tmpdir_check_refuses_exactly_when_the_workers_socket_cannot_be_made(length):
+    import shutil
+    import tempfile
+
+    base = tempfile.mkdtemp(prefix="sock-", dir="/tmp")  # pytest's own tmp_path may be longer than `length`
+    try:
+        tmpdir = os.path.join(base, "x" * (length - len(base) - 1))
+        os.mkdir(tmpdir)
+        result = subprocess.run(
+            [sys.executable, "-c", SOCKET_PROBE],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "TMPDIR": tmpdir},
+        )
+    finally:
+        shutil.rmtree(base)
+    assert result.returncode == 0, result.stderr
+    verdict, socket = result.stdout.split()
+    assert (verdict, socket) in (("accepted", "binds"), ("refused", "fails")), (length, verdict, socket)
+
+
+@pytest.mark.parametrize("engine", ["raw", "lightning"])
 def test_weights_from_starts_a_new_run_from_the_other_engines_weights(checkpoints, tmp_path, engine):
     """weights_from: the other engine's best.ckpt as first weights, under a OneCycleLR planned for this run's steps
     (what ckpt_path refuses); with a learning rate of ~0 the run ends where the checkpoint was."""

@@ -6,6 +6,8 @@ wraps this same class in a LightningDataModule and lets the Trainer call them.
 
 import gzip
 import importlib.util
+import multiprocessing.util
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,30 @@ TORCHVISION = {
 DATASETS = ("digits", *TORCHVISION)
 DIGITS_NORMALIZATION = ((0.3,), (0.38,))  # approximately the mean and std of the digits' pixels in [0, 1]
 LOADERS = ("dataloader", "tensor")  # configs/data/*.yaml `loader`: torch's DataLoader, or tensor_loader.py
+# DataLoader workers hand each batch over by file descriptor (torch's file_descriptor strategy, Linux), through an
+# AF_UNIX socket that multiprocessing makes at <its temp dir under TMPDIR>/listener-XXXXXXXX. Linux allows such a
+# path 107 characters; over that, the worker drops the batch and the loader waits for ever (no error).
+SOCKET_PATH_MAX = 107
+SOCKET_NAME = "listener-XXXXXXXX"
+
+
+def check_worker_socket(cfg: DictConfig) -> None:
+    """data.num_workers > 0: refuse a TMPDIR too long for the workers' socket (measured: a TMPDIR of 75
+    characters works, 76 hangs), instead of a run that waits for ever."""
+    if cfg.get("loader", "dataloader") != "dataloader" or not cfg.num_workers:
+        return
+    if torch.multiprocessing.get_sharing_strategy() != "file_descriptor":
+        return  # macOS: file_system, no socket
+    socket_dir = multiprocessing.util.get_temp_dir()  # the folder the workers' socket is made in
+    socket_path = os.path.join(socket_dir, SOCKET_NAME)
+    if len(socket_path) > SOCKET_PATH_MAX:
+        longest = len(os.path.dirname(socket_dir)) - (len(socket_path) - SOCKET_PATH_MAX)
+        raise UserError(
+            f"data.num_workers={cfg.num_workers} is not valid with TMPDIR={os.path.dirname(socket_dir)} "
+            f"({len(os.path.dirname(socket_dir))} characters): the DataLoader workers' socket would be "
+            f"{len(socket_path)} characters, over the {SOCKET_PATH_MAX} a socket path may have; set TMPDIR to a "
+            f"folder of at most {longest} characters, or data.num_workers=0"
+        )
 
 
 def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -143,6 +169,7 @@ class DataPipeline:
         `device`: the training device, where data.loader=tensor keeps the splits."""
         if cfg.name not in DATASETS:
             raise UserError(f"data.name={cfg.name!r} is not a known dataset: use one of {', '.join(DATASETS)}")
+        check_worker_socket(cfg)  # train.py has checked it before any work; benchmarks come here directly
         super().__init__()  # lets Lightning's DataModule initialise itself when it is mixed in
         self.cfg, self.seed, self.batch_limits, self.device = cfg, seed, batch_limits, torch.device(device)
         self.tensor = cfg.get("loader", "dataloader") == "tensor"

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import loggers, summaries
 from .checkpoint import load_for_resume, prepare_checkpoint_dir
+from .data import check_worker_socket
 from .distributed import check_distributed, fail_on_purpose, is_ddp, launch_workers, launched_world, process_group
 from .errors import UserError
 from .models import build_model
@@ -63,6 +64,7 @@ def check_config(cfg: DictConfig) -> None:
     """Every value, before any data or model is built: its own rule (validation.py), then this machine."""
     validate(cfg)
     check_accelerator(cfg.trainer)
+    check_worker_socket(cfg.data)  # TMPDIR short enough for the DataLoader workers
     summaries.Summaries(cfg)  # the TensorBoard switches (the engines read them again)
     loggers.check_installed(cfg)  # a known logger, its library installed
 
