@@ -163,6 +163,8 @@ REFUSED_CALLS = {
     "neither engine's": (["ckpt_path={other}"], "is not a checkpoint of either engine"),
     "another model": (["ckpt_path={raw}", "model.channels=[8]"], "holds the weights of another model"),
     "lightning outside its run": (["ckpt_path={moved}"], "holds no config, and there is no"),
+    "an experiment": (["ckpt_path={raw}", "experiment=cifar10"], "experiment=cifar10 is not valid here: experiment="),
+    "a debug preset": (["ckpt_path={raw}", "debug=limit"], "debug=limit is not valid here: debug= presets how"),
 }
 
 
@@ -210,3 +212,15 @@ def test_bad_input_is_refused_before_any_output(case, bad_files, tmp_path):
         evaluate(compose_eval(overrides), run, overrides)
     assert REFUSED_CALLS[case][1] in str(refusal.value) and "\n" not in str(refusal.value)
     assert not any(run.iterdir())
+
+
+def test_every_global_preset_group_is_refused():
+    """A group with an option in `# @package _global_` (it writes across the config) is one evaluate.py refuses,
+    and a group's default stays accepted."""
+    from {{ cookiecutter.package }}.evaluation import TRAINING_PRESETS, check_no_training_preset
+
+    global_groups = {
+        option.parent.name for option in CONFIG_DIR.glob("*/*.yaml") if "@package _global_" in option.read_text()
+    }
+    assert global_groups == set(TRAINING_PRESETS)
+    check_no_training_preset(["debug=none", "experiment=null", "debug.detect_anomaly=true", "data.batch_size=8"])

@@ -33,6 +33,9 @@ from .validation import one_of, shown, validate
 OWN_KEYS = ("ckpt_path", "split", "engine", "paths", "task", "hydra", "logger")
 CONFUSION_MATRIX_PNG = "confusion_matrix.png"
 SPLIT = one_of("test", "val")  # a rule as validation.py's (whose RULES are train.py's keys)
+# Groups whose options write across train.py's config (`# @package _global_`), each with its default: presets of
+# how a run trains, which evaluate.py refuses (it evaluates the training run's own config and takes keys).
+TRAINING_PRESETS = {"experiment": None, "debug": "none"}
 
 
 def evaluate(cfg: DictConfig, run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
@@ -46,6 +49,7 @@ def evaluate(cfg: DictConfig, run_dir: Path, overrides: list[str] | tuple[str, .
             "(a run's checkpoints/best.ckpt or last.ckpt)"
         )
     validate(cfg)  # the command line's values, before any file is read
+    check_no_training_preset(overrides)
     if not SPLIT.test(cfg.split):
         raise UserError(f"split={shown(cfg.split)} is not valid: {SPLIT.accepted}")
     checkpoint = find_checkpoint(cfg.ckpt_path, Path(cfg.paths.log_dir) / "train" / cfg.engine.name)
@@ -110,6 +114,19 @@ def evaluate(cfg: DictConfig, run_dir: Path, overrides: list[str] | tuple[str, .
         f"samples={metrics['samples']} ckpt={checkpoint} (engine={writer}) run={run_dir}"
     )
     return metrics
+
+
+def check_no_training_preset(overrides: list[str] | tuple[str, ...]) -> None:
+    """experiment=cifar10 or debug=limit would change only their group's own node here, not the keys they write
+    across the config: refused by name, instead of an evaluation that silently ignores them."""
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        group = override.key_or_group
+        if group in TRAINING_PRESETS and override.value() != TRAINING_PRESETS[group]:
+            raise UserError(
+                f"{group}={override.get_value_element_as_str()} is not valid here: {group}= presets how a run "
+                "trains, and evaluate.py evaluates the training run's own config: give the keys to change "
+                "instead (e.g. trainer.limit_test_batches=2, data.batch_size=256)"
+            )
 
 
 def training_config(state: dict[str, Any], writer: str, checkpoint: Path) -> tuple[DictConfig, str]:
