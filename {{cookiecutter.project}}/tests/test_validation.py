@@ -2,8 +2,10 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 from conftest import PROJECT_ROOT, SHORT_RUN, compose_train, run_dirs
@@ -312,9 +314,6 @@ print(verdict, socket)
 )
 @pytest.mark.parametrize("length", [75, 76])  # the longest TMPDIR that works here, and one more character
 def test_the_tmpdir_check_refuses_exactly_when_the_workers_socket_cannot_be_made(length):
-    import shutil
-    import tempfile
-
     base = tempfile.mkdtemp(prefix="sock-", dir="/tmp")  # pytest's own tmp_path may be longer than `length`
     try:
         tmpdir = os.path.join(base, "x" * (length - len(base) - 1))

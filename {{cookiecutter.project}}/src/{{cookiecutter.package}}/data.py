@@ -45,13 +45,13 @@ def check_worker_socket(cfg: DictConfig) -> None:
         return
     if torch.multiprocessing.get_sharing_strategy() != "file_descriptor":
         return  # macOS: file_system, no socket
-    socket_dir = multiprocessing.util.get_temp_dir()  # the folder the workers' socket is made in
-    socket_path = os.path.join(socket_dir, SOCKET_NAME)
+    socket_dir = multiprocessing.util.get_temp_dir()  # the folder the workers' socket is made in, under TMPDIR
+    socket_path, tmpdir = os.path.join(socket_dir, SOCKET_NAME), os.path.dirname(socket_dir)
     if len(socket_path) > SOCKET_PATH_MAX:
-        longest = len(os.path.dirname(socket_dir)) - (len(socket_path) - SOCKET_PATH_MAX)
+        longest = len(tmpdir) - (len(socket_path) - SOCKET_PATH_MAX)
         raise UserError(
-            f"data.num_workers={cfg.num_workers} is not valid with TMPDIR={os.path.dirname(socket_dir)} "
-            f"({len(os.path.dirname(socket_dir))} characters): the DataLoader workers' socket would be "
+            f"data.num_workers={cfg.num_workers} is not valid with TMPDIR={tmpdir} ({len(tmpdir)} characters): "
+            "the DataLoader workers' socket would be "
             f"{len(socket_path)} characters, over the {SOCKET_PATH_MAX} a socket path may have; set TMPDIR to a "
             f"folder of at most {longest} characters, or data.num_workers=0"
         )
