@@ -3,7 +3,7 @@
 Takes the same overrides as train.py (but not engine=: both engines always run). Writes
 logs/compare/<timestamp>/ with raw/ and lightning/ (each a normal train.py run folder), comparison.md (one
 table: accuracy, per-step loss difference, time per epoch, start-up, memory, lines of code) and
-comparison.png (both engines' curves). The logic is in src/{{ cookiecutter.package }}/comparison.py.
+comparison.png (both engines' curves). The logic is in src/{{ cookiecutter.package }}/workflows/comparison.py.
 """
 
 import sys
@@ -13,9 +13,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from {{ cookiecutter.package }}.comparison import check_overrides, compare, current_dir_relative
-from {{ cookiecutter.package }}.errors import UserError
-from {{ cookiecutter.package }}.rundir import register_resolvers
+from {{ cookiecutter.package }}.core.errors import UserError
+from {{ cookiecutter.package }}.run.rundir import register_resolvers
+from {{ cookiecutter.package }}.workflows.comparison import check_overrides, compare, current_dir_relative
 
 register_resolvers()  # configs/hydra/default.yaml, which compare.yaml includes, uses ${run_dir:...}
 

@@ -1,7 +1,7 @@
 """Evaluate a checkpoint: python evaluate.py ckpt_path=<file>|last [engine=raw|lightning] [split=test|val] [key=value]
 
 Hydra composes configs/eval.yaml with your overrides; the model and data settings come from the checkpoint's
-training run (src/{{ cookiecutter.package }}/evaluation.py). Each evaluation writes a new logs/eval/<timestamp>/.
+training run (src/{{ cookiecutter.package }}/workflows/evaluation.py). Each evaluation writes a new logs/eval/<timestamp>/.
 """
 
 import os
@@ -12,7 +12,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from {{ cookiecutter.package }}.rundir import register_resolvers, remove_refused_run
+from {{ cookiecutter.package }}.run.rundir import register_resolvers, remove_refused_run
 
 register_resolvers()  # hydra.run.dir: a new timestamped folder (configs/eval.yaml)
 
@@ -20,8 +20,8 @@ register_resolvers()  # hydra.run.dir: a new timestamped folder (configs/eval.ya
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")
 def main(cfg: DictConfig) -> float:
     # Imported here, not at the top, so that `--help` and config errors answer without loading torch.
-    from {{ cookiecutter.package }}.errors import UserError
-    from {{ cookiecutter.package }}.evaluation import evaluate
+    from {{ cookiecutter.package }}.core.errors import UserError
+    from {{ cookiecutter.package }}.workflows.evaluation import evaluate
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:

@@ -1,7 +1,7 @@
 """Export a checkpoint: python export.py ckpt_path=<file>|last [format=torch_export|onnx|all] [engine=raw|lightning]
 
 Hydra composes configs/export.yaml with your overrides; the model comes from the checkpoint's training run
-(src/{{ cookiecutter.package }}/exporting.py). Each export writes a new logs/export/<timestamp>/ once checked.
+(src/{{ cookiecutter.package }}/workflows/exporting.py). Each export writes a new logs/export/<timestamp>/ once checked.
 """
 
 import os
@@ -12,7 +12,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from {{ cookiecutter.package }}.rundir import register_resolvers, remove_refused_run
+from {{ cookiecutter.package }}.run.rundir import register_resolvers, remove_refused_run
 
 register_resolvers()  # hydra.run.dir: a new timestamped folder (configs/export.yaml)
 
@@ -20,8 +20,8 @@ register_resolvers()  # hydra.run.dir: a new timestamped folder (configs/export.
 @hydra.main(version_base="1.3", config_path="configs", config_name="export")
 def main(cfg: DictConfig) -> None:
     # Imported here, not at the top, so that `--help` and config errors answer without loading torch.
-    from {{ cookiecutter.package }}.errors import UserError
-    from {{ cookiecutter.package }}.exporting import export
+    from {{ cookiecutter.package }}.core.errors import UserError
+    from {{ cookiecutter.package }}.workflows.exporting import export
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:

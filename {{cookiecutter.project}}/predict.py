@@ -1,6 +1,6 @@
 """Predict: python predict.py model_path=<model.pt2|model.onnx|checkpoint> inputs=<image|folder|.npy> [output=<file>]
 
-Hydra composes configs/predict.yaml with your overrides (src/{{ cookiecutter.package }}/prediction.py). Each run prints
+Hydra composes configs/predict.yaml with your overrides (src/{{ cookiecutter.package }}/workflows/prediction.py). Each run prints
 one line per input and writes logs/predict/<timestamp>/predictions.json (or output=<file>.json|.csv).
 """
 
@@ -12,7 +12,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from {{ cookiecutter.package }}.rundir import register_resolvers, remove_refused_run
+from {{ cookiecutter.package }}.run.rundir import register_resolvers, remove_refused_run
 
 register_resolvers()  # hydra.run.dir: a new timestamped folder (configs/predict.yaml)
 
@@ -20,8 +20,8 @@ register_resolvers()  # hydra.run.dir: a new timestamped folder (configs/predict
 @hydra.main(version_base="1.3", config_path="configs", config_name="predict")
 def main(cfg: DictConfig) -> None:
     # Imported here, not at the top, so that `--help` and config errors answer without loading torch.
-    from {{ cookiecutter.package }}.errors import UserError
-    from {{ cookiecutter.package }}.prediction import predict
+    from {{ cookiecutter.package }}.core.errors import UserError
+    from {{ cookiecutter.package }}.workflows.prediction import predict
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:

@@ -1,6 +1,6 @@
 """Serve a model over HTTP: python serve.py model_path=<model.pt2|model.onnx|checkpoint> [port=8000] [host=127.0.0.1]
 
-Hydra composes configs/serve.yaml with your overrides (src/{{ cookiecutter.package }}/serving.py). POST an image to
+Hydra composes configs/serve.yaml with your overrides (src/{{ cookiecutter.package }}/workflows/serving.py). POST an image to
 /predict for its class and probabilities; GET /health. Needs the serve extra: pip install -e ".[serve]".
 """
 
@@ -12,7 +12,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from {{ cookiecutter.package }}.rundir import register_resolvers, remove_refused_run
+from {{ cookiecutter.package }}.run.rundir import register_resolvers, remove_refused_run
 
 register_resolvers()  # hydra.run.dir: a new timestamped folder (configs/serve.yaml)
 
@@ -20,8 +20,8 @@ register_resolvers()  # hydra.run.dir: a new timestamped folder (configs/serve.y
 @hydra.main(version_base="1.3", config_path="configs", config_name="serve")
 def main(cfg: DictConfig) -> None:
     # Imported here, not at the top, so that `--help` and config errors answer without loading torch.
-    from {{ cookiecutter.package }}.errors import UserError
-    from {{ cookiecutter.package }}.serving import serve
+    from {{ cookiecutter.package }}.core.errors import UserError
+    from {{ cookiecutter.package }}.workflows.serving import serve
 
     try:
         serve(cfg)

@@ -16,7 +16,7 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from {{ cookiecutter.package }}.rundir import (  # noqa: E402
+from {{ cookiecutter.package }}.run.rundir import (  # noqa: E402
     register_resolvers,
     remove_refused_run,
     resumed_config_kept_on_failure,
@@ -28,8 +28,8 @@ register_resolvers()  # hydra.run.dir depends on ckpt_path: a resumed run contin
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float:
     # Imported here, not at the top, so that `--help` and config errors answer without loading torch.
-    from {{ cookiecutter.package }}.errors import TrainingStopped, UserError
-    from {{ cookiecutter.package }}.launch import train
+    from {{ cookiecutter.package }}.core.errors import TrainingStopped, UserError
+    from {{ cookiecutter.package }}.workflows.launch import train
 
     # Later jobs of a multirun (-m) are timed from their own start.
     started = PROCESS_STARTED.pop("at", None) or time.perf_counter()

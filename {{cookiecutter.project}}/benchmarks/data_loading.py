@@ -99,7 +99,7 @@ def child_loading(args: argparse.Namespace) -> dict:
     """One loading measurement, in this (child) process."""
     import torch
 
-    from {{ cookiecutter.package }}.data import DataPipeline
+    from {{ cookiecutter.package }}.core.data import DataPipeline
 
     torch.set_num_threads(args.threads)
     if args.synthetic:
@@ -132,7 +132,7 @@ def child_epochs(args: argparse.Namespace) -> dict:
     import contextlib
     import io
 
-    from {{ cookiecutter.package }}.launch import train
+    from {{ cookiecutter.package }}.workflows.launch import train
 
     if args.synthetic:
         trust_synthetic_cifar(args.root)

@@ -222,7 +222,7 @@ def measured(name: str, command: list[str], log: Path, env: dict[str, str]) -> d
 def run_once(name: str, out: Path, epochs: int, env: dict[str, str]) -> dict:
     """One run of `name` (one of ORDER) in its own process: its wall_s and cpu_s, with its metrics (a trainer's
     metrics.json: epoch_times_s, startup_s, ...; a reference's import_s; an importtime run's imports)."""
-    from {{ cookiecutter.package }}.comparison import hydra_quoted
+    from {{ cookiecutter.package }}.workflows.comparison import hydra_quoted
 
     out.mkdir(parents=True)
     log = out.parent / f"{out.name}.log"
@@ -538,7 +538,7 @@ def worker(mode: str, out: str, epochs: int) -> None:
 def compose_config(epochs: int, overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
-    from {{ cookiecutter.package }}.rundir import register_resolvers
+    from {{ cookiecutter.package }}.run.rundir import register_resolvers
 
     register_resolvers()  # configs/hydra/default.yaml uses it, as in train.py
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "configs"), version_base="1.3"):
@@ -574,9 +574,10 @@ def bare_loop(cfg, on_epoch_end=None) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from {{ cookiecutter.package }} import launch, task
-    from {{ cookiecutter.package }}.data import DataPipeline
-    from {{ cookiecutter.package }}.models import build_model
+    from {{ cookiecutter.package }}.core import task
+    from {{ cookiecutter.package }}.core.data import DataPipeline
+    from {{ cookiecutter.package }}.core.models import build_model
+    from {{ cookiecutter.package }}.workflows import launch
 
     trainer = cfg.trainer
     check_default_trainer(cfg, "bare loop")
@@ -634,9 +635,10 @@ def floor_loop(cfg, on_epoch_end=None) -> dict:
     import lightning as L
     import torch.nn.functional as F
 
-    from {{ cookiecutter.package }} import launch, task
+    from {{ cookiecutter.package }}.core import task
+    from {{ cookiecutter.package }}.core.models import build_model
     from {{ cookiecutter.package }}.engines.lightning import DataModule
-    from {{ cookiecutter.package }}.models import build_model
+    from {{ cookiecutter.package }}.workflows import launch
 
     check_default_trainer(cfg, "floor")
     launch.seed_everything(cfg.seed)  # as launch.train does: the same initial weights as the engines
@@ -711,7 +713,7 @@ def floor_loop(cfg, on_epoch_end=None) -> dict:
 def engine_weights_per_epoch(cfg, engine: str, run_dir: Path) -> list[dict]:
     """Train with the engine in this process and keep the model weights each time it writes last.ckpt (at the
     end of every epoch), by wrapping the function that writes it."""
-    from {{ cookiecutter.package }} import launch
+    from {{ cookiecutter.package }}.workflows import launch
 
     weights: dict[int, dict] = {}
     if engine == "raw":
@@ -746,8 +748,8 @@ def test_accuracies(cfg, weights: list[dict]) -> list[float]:
     """The test-set accuracy of each state_dict, all evaluated by this one function."""
     import torch
 
-    from {{ cookiecutter.package }}.data import DataPipeline
-    from {{ cookiecutter.package }}.models import build_model
+    from {{ cookiecutter.package }}.core.data import DataPipeline
+    from {{ cookiecutter.package }}.core.models import build_model
 
     data = DataPipeline(cfg.data, seed=cfg.seed)
     data.setup("test")

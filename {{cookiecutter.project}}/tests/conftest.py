@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from {{ cookiecutter.package }}.rundir import register_resolvers
+from {{ cookiecutter.package }}.run.rundir import register_resolvers
 
 register_resolvers()  # configs/hydra/default.yaml uses ${run_dir:...}, as train.py registers it
 
@@ -151,7 +151,7 @@ def digit_inputs(short_runs, tmp_path_factory) -> dict:
     from PIL import Image
     from sklearn.datasets import load_digits
 
-    from {{ cookiecutter.package }}.data import DataPipeline
+    from {{ cookiecutter.package }}.core.data import DataPipeline
 
     folder = tmp_path_factory.mktemp("inputs")
     log_dir, _ = short_runs

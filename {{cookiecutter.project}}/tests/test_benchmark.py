@@ -16,9 +16,9 @@ import pytest
 import torch
 from conftest import PROJECT_ROOT, compose_train
 
-from {{ cookiecutter.package }}.comparison import hydra_quoted
 from {{ cookiecutter.package }}.engines import raw
-from {{ cookiecutter.package }}.launch import seed_everything
+from {{ cookiecutter.package }}.workflows.comparison import hydra_quoted
+from {{ cookiecutter.package }}.workflows.launch import seed_everything
 
 SCRIPT = PROJECT_ROOT / "benchmarks" / "engine_overhead.py"
 

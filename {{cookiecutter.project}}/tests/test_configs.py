@@ -10,12 +10,12 @@ from conftest import CONFIG_DIR, compose_train
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from {{ cookiecutter.package }}.data import limit_batches
+from {{ cookiecutter.package }}.core.data import limit_batches
+from {{ cookiecutter.package }}.core.errors import UserError
+from {{ cookiecutter.package }}.core.models import build_model
+from {{ cookiecutter.package }}.core.task import configure_optimizers
 from {{ cookiecutter.package }}.engines import raw
-from {{ cookiecutter.package }}.errors import UserError
-from {{ cookiecutter.package }}.launch import check_config
-from {{ cookiecutter.package }}.models import build_model
-from {{ cookiecutter.package }}.task import configure_optimizers
+from {{ cookiecutter.package }}.workflows.launch import check_config
 
 # Groups that train.yaml selects one option from; hydra/ and paths/ have a single file each (hparams_search/ is
 # search.yaml's: tests/test_search.py).

@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import CONFIG_DIR, compose_train
-from test_data import make_cifar, make_mnist
+from datasets_on_disk import make_cifar, make_mnist
 
-from {{ cookiecutter.package }} import task
-from {{ cookiecutter.package }}.data import Augmented, DataPipeline
-from {{ cookiecutter.package }}.launch import check_config, train
-from {{ cookiecutter.package }}.models import build_model
+from {{ cookiecutter.package }}.core import task
+from {{ cookiecutter.package }}.core.data import Augmented, DataPipeline
+from {{ cookiecutter.package }}.core.models import build_model
+from {{ cookiecutter.package }}.workflows.launch import check_config, train
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
@@ -206,8 +206,8 @@ def test_label_smoothing_changes_the_training_loss_only():
     ],
 )
 def test_bad_experiment_values_are_one_line(override, message):
-    from {{ cookiecutter.package }}.errors import UserError
-    from {{ cookiecutter.package }}.validation import validate
+    from {{ cookiecutter.package }}.core.errors import UserError
+    from {{ cookiecutter.package }}.run.config_rules import validate
 
     with pytest.raises(UserError) as refused:
         validate(compose_train(["experiment=digits", override]))

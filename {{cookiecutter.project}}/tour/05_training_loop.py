@@ -182,7 +182,7 @@ assert not evaluate(make_model(), val_set)[1] > 0.9  # an untrained model is far
 # grows in two steps, each file saying where it stands:
 #
 # 1. `benchmarks/engine_overhead.py`, `bare_loop`: this loop on the project's own data,
-#    model, optimizer and schedule (`src/{{ cookiecutter.package }}/task.py`), plus the
+#    model, optimizer and schedule (`src/{{ cookiecutter.package }}/core/task.py`), plus the
 #    validation pass; the benchmark's floor, what the engines are timed against.
 # 2. `src/{{ cookiecutter.package }}/engines/raw.py` (`python train.py engine=raw`):
 #    everything `lightning.Trainer` does, by hand, in Lightning's names. Its

@@ -92,7 +92,7 @@ assert augment(image[:, :64, :64]).shape == (3, 48, 48)
 #                                                # checked against the PyTorch model first
 #   python predict.py model_path=logs/export/<run>/model.pt2 inputs=<image|folder|.npy>
 #   python serve.py model_path=logs/export/<run>/model.onnx   # HTTP: POST /predict, GET /health
-# (src/{{ cookiecutter.package }}/exporting.py, prediction.py, serving.py; the README's
+# (src/{{ cookiecutter.package }}/workflows/exporting.py, prediction.py, serving.py; the README's
 # "From checkpoint to production"). Below, the same two exports of a tiny model, by hand.
 small = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2)).eval()
 example = (torch.randn(3, 4),)

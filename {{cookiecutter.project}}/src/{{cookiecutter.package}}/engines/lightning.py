@@ -20,9 +20,11 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 from torchmetrics import Metric
 
-from .. import console, data, errors, guards, loggers, models, summaries, task
-from ..checkpoint import get_rng_state, save_checkpoint, set_rng_state
-from ..distributed import any_rank
+from ..core import data, errors, task
+from ..run import console, guards
+from ..run.checkpoint import get_rng_state, initial_model, save_checkpoint, set_rng_state
+from ..run.distributed import any_rank
+from ..watching import loggers, summaries
 
 # -- fit --
 
@@ -31,7 +33,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
     """Train with validation every epoch, then test with the best checkpoint. Returns the final metrics."""
     console.quiet_lightning()
     datamodule = DataModule(cfg.data, seed=cfg.seed, batch_limits=cfg.trainer)
-    module = Classifier(models.build_model(cfg.model, cfg.weights_from), cfg)
+    module = Classifier(initial_model(cfg), cfg)
     checkpoints = run_dir / "checkpoints"
     best = ModelCheckpoint(
         dirpath=checkpoints,

@@ -28,20 +28,22 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from .. import console, loggers, summaries, task
-from ..checkpoint import (
+from ..core import task
+from ..core.data import DataPipeline, limit_batches
+from ..core.errors import TrainingStopped, UserError
+from ..run import console
+from ..run.checkpoint import (
     get_rng_state,
+    initial_model,
     load_checkpoint,
     load_for_resume,
     model_state_dict,
     save_checkpoint,
     set_rng_state,
 )
-from ..data import DataPipeline, limit_batches
-from ..distributed import World, any_rank, barrier, current_world, is_ddp, reduce_sum
-from ..errors import TrainingStopped, UserError
-from ..guards import NonFiniteLossGuard, stop_on_signals
-from ..models import build_model
+from ..run.distributed import World, any_rank, barrier, current_world, is_ddp, reduce_sum
+from ..run.guards import NonFiniteLossGuard, stop_on_signals
+from ..watching import loggers, summaries
 
 # The keys of configs/trainer/*.yaml that this engine implements. Any other key stops the run before it
 # starts: a Lightning setting the raw engine would silently ignore is a bug, not a feature.
@@ -99,7 +101,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
 
     # The model, on the device in the parameter dtype; under DDP also wrapped (ddp_model), and what
     # LightningModule.configure_optimizers returns (task.py), for the steps the run will take.
-    trainer.model = build_model(cfg.model, cfg.weights_from).to(trainer.device, trainer.precision.param_dtype)
+    trainer.model = initial_model(cfg).to(trainer.device, trainer.precision.param_dtype)
     trainer.ddp_model = wrap_ddp(trainer.model, trainer.device) if is_ddp(cfg.trainer) else trainer.model
     trainer.optimizer, trainer.schedule = task.configure_optimizers(
         cfg, trainer.model, estimated_stepping_batches(trainer)

@@ -1,0 +1,1 @@
+"""The task every engine trains: what a step computes (task), the networks (models), the data (data)."""

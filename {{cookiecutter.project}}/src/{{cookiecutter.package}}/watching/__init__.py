@@ -1,0 +1,1 @@
+"""What watches a run: the loggers and the TensorBoard figures."""
