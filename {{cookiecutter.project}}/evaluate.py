@@ -1,7 +1,8 @@
 """Evaluate a checkpoint: python evaluate.py ckpt_path=<file>|last [engine=raw|lightning] [split=test|val] [key=value]
 
 Hydra composes configs/eval.yaml with your overrides; the model and data settings come from the checkpoint's
-training run (src/{{ cookiecutter.package }}/workflows/evaluation.py). Each evaluation writes a new logs/eval/<timestamp>/.
+training run (src/{{ cookiecutter.package }}/workflows/evaluation.py).
+Each evaluation writes a new logs/eval/<timestamp>/.
 """
 
 import os

@@ -1,7 +1,8 @@
 """Export a checkpoint: python export.py ckpt_path=<file>|last [format=torch_export|onnx|all] [engine=raw|lightning]
 
 Hydra composes configs/export.yaml with your overrides; the model comes from the checkpoint's training run
-(src/{{ cookiecutter.package }}/workflows/exporting.py). Each export writes a new logs/export/<timestamp>/ once checked.
+(src/{{ cookiecutter.package }}/workflows/exporting.py).
+Each export writes a new logs/export/<timestamp>/ once checked.
 """
 
 import os

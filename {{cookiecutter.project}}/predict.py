@@ -1,7 +1,7 @@
 """Predict: python predict.py model_path=<model.pt2|model.onnx|checkpoint> inputs=<image|folder|.npy> [output=<file>]
 
-Hydra composes configs/predict.yaml with your overrides (src/{{ cookiecutter.package }}/workflows/prediction.py). Each run prints
-one line per input and writes logs/predict/<timestamp>/predictions.json (or output=<file>.json|.csv).
+Hydra composes configs/predict.yaml with your overrides (src/{{ cookiecutter.package }}/workflows/prediction.py).
+Each run prints one line per input and writes logs/predict/<timestamp>/predictions.json (or output=<file>.json|.csv).
 """
 
 import os

@@ -1,7 +1,8 @@
 """Search hyperparameters: python search.py [n_trials=N] [study_name=NAME] [train='engine=raw ...']
 
 Hydra composes configs/search.yaml (the space: configs/hparams_search/optuna.yaml); each trial is a `python train.py`
-run scored by the monitored validation metric of its best checkpoint (src/{{ cookiecutter.package }}/workflows/hparam_search.py).
+run scored by the monitored validation metric of its best checkpoint
+(src/{{ cookiecutter.package }}/workflows/hparam_search.py).
 """
 
 import os

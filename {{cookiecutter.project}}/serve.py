@@ -1,7 +1,8 @@
 """Serve a model over HTTP: python serve.py model_path=<model.pt2|model.onnx|checkpoint> [port=8000] [host=127.0.0.1]
 
-Hydra composes configs/serve.yaml with your overrides (src/{{ cookiecutter.package }}/workflows/serving.py). POST an image to
-/predict for its class and probabilities; GET /health. Needs the serve extra: pip install -e ".[serve]".
+Hydra composes configs/serve.yaml with your overrides (src/{{ cookiecutter.package }}/workflows/serving.py).
+POST an image to /predict for its class and probabilities; GET /health.
+Needs the serve extra: pip install -e ".[serve]".
 """
 
 import os

@@ -37,7 +37,7 @@ children), and the load average is printed before and after. Printed:
   first line; the same clock in the bare loop and the floor), against the wall time of the python -c "import torch"
   (raw) and "import lightning" (lightning) processes of the same repeat (the targets), and against the import
   alone, which those processes print: their wall time also holds the interpreter's start and exit, which
-  startup_s does not (the exit of a process that imported torch took about 0.4 s on a 2-core CPU); and what the
+  startup_s does not (a process that imported torch is slow to exit: benchmarks/README.md); and what the
   imports cost (python -X importtime);
 * whole process: the wall and CPU time of every run; the targets are for the default commands;
 * targets: each target of the issue with its median, spread and whether the median meets it; the timings are
@@ -57,8 +57,7 @@ imports (per engine: seconds per module), time_to_accuracy (target, per_trainer)
 
 Each process uses one torch thread (--threads 1, OMP_NUM_THREADS) unless told otherwise: this model is too small
 to gain from a second thread, and on a machine with any other load two OpenMP threads that wait for each other
-made epochs 10 to 40 times slower, and erratic (measured on a busy 2-core machine: 0.3 s per epoch with one
-thread, 3 to 13 s with two).
+made epochs 10 to 40 times slower, and erratic (benchmarks/README.md gives the figures).
 """
 
 import time

@@ -1,11 +1,11 @@
 """experiment=cifar10 on a CUDA GPU, both engines, with and without torch.compile: python benchmarks/gpu.py
 
-Runs `python train.py experiment=cifar10 engine=<raw|lightning> model.compile=<false|true>
+Runs `python train.py experiment=cifar10 engine=<raw|lightning> compile=<false|true>
 trainer.precision=bf16-mixed` (the recipe: ResNet-9, 30 epochs, batch 512, data.loader=tensor), one process at a
 time, and prints a table from each run's metrics.json:
 
 * time per epoch: the median of epoch_times_s (training + validation), and the first epoch apart (with
-  model.compile=true it holds the compilation);
+  compile=true it holds the compilation);
 * time to --target test accuracy (0.93): the engines test once, at the end of the schedule (the one-cycle recipe
   is planned to reach its accuracy there), so this is the training time of the whole run (sum of epoch_times_s,
   start-up excluded) when the final test/acc reaches the target, else "not reached" and the final accuracy;
@@ -45,7 +45,7 @@ def commands(args: argparse.Namespace, log_dir: Path) -> dict[str, list[str]]:
             "train.py",
             "experiment=cifar10",
             f"engine={engine}",
-            f"model.compile={compile_}",
+            f"compile={compile_}",
             "trainer.precision=bf16-mixed",
             f"data.root={args.data_dir}",
             f"data.download={str(args.download).lower()}",

@@ -9,6 +9,10 @@ import torch
 import torchvision
 from torchvision.datasets.utils import calculate_md5
 
+from {{ cookiecutter.package }}.core import datasets
+from {{ cookiecutter.package }}.core.datasets.cifar10 import Cifar10
+from {{ cookiecutter.package }}.core.datasets.mnist import MnistLayout
+
 
 def write_idx(path, array: torch.Tensor) -> None:
     """The IDX format of the MNIST files: magic (dtype ubyte, ndim), big-endian sizes, raw bytes."""
@@ -49,3 +53,15 @@ def make_cifar(root: Path, monkeypatch, trusted: tuple[str, ...] = ()) -> Path:
     monkeypatch.setattr(cifar, "test_list", own(cifar.test_list))
     monkeypatch.setattr(cifar, "meta", {**cifar.meta, "md5": calculate_md5(folder / "batches.meta")})
     return folder
+
+
+def make_files(name: str, root: Path, monkeypatch) -> None:
+    """Tiny files in the real format of data=<name> under root, where its registry entry reads them (none for the
+    entries that read no files)."""
+    spec = datasets.get(name)
+    if isinstance(spec, MnistLayout):
+        make_mnist(root, spec.torchvision_class)
+    elif isinstance(spec, Cifar10):
+        make_cifar(root, monkeypatch)
+    elif spec.missing_files(str(root)):
+        raise NotImplementedError(f"no tiny files for data={name}: add them here")

@@ -33,8 +33,9 @@ def benchmark():
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """One torch thread, as the benchmark runs each trainer: on a busy 2-core machine two made the epochs 10 times
-    slower. The trainers compared below run in this one process, with the same threads."""
+    """One torch thread, as the benchmark runs each trainer (on a busy machine, threads that wait for each other
+    make epochs many times slower: benchmarks/README.md). The trainers compared below run in this one process, with
+    the same threads."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -156,7 +157,7 @@ def test_the_report_takes_ratios_within_each_repeat_and_gives_medians_spreads_an
     assert not different["same_training"] and "NOT identical in the four trainers" in benchmark.report(different)
 
 
-# The keys --json writes, as the module docstring lists them.
+# The keys --json writes (the template's own tests hold the module docstring to naming each of them).
 JSON_KEYS = {
     "environment",
     "arguments",
@@ -188,24 +189,6 @@ def test_the_json_document_has_the_documented_keys(benchmark):
         )
     )
     assert set(document) == JSON_KEYS
-    docstring = " ".join(benchmark.__doc__.split())
-    for key in (
-        *JSON_KEYS,
-        "per_repeat",
-        "median",
-        "min",
-        "max",
-        "unit",
-        "limit",
-        "met",
-        "ms_per_step",
-        "per_trainer",
-        "per_epoch",
-        "same_training",
-        "wall_s",
-        "cpu_s",
-    ):
-        assert key in docstring, key
     assert document["load_average"] == {"before": [1.0, 2.0, 3.0], "after": [4.0, 5.0, 6.0]}
     assert document["arguments"] == {"repeats": 2, "json": str(SCRIPT)}
     assert document["order"] == list(benchmark.ORDER) and document["runs"]["raw"][1]["wall_s"] == 20.0

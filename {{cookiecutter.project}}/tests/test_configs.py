@@ -8,15 +8,17 @@ import torch
 import torch.nn.functional as F
 from conftest import CONFIG_DIR, compose_train
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from {{ cookiecutter.package }}.core.data import limit_batches
 from {{ cookiecutter.package }}.core.errors import UserError
-from {{ cookiecutter.package }}.core.models import build_model
+from {{ cookiecutter.package }}.core.models import build_model, check_model
 from {{ cookiecutter.package }}.core.task import configure_optimizers
 from {{ cookiecutter.package }}.engines import raw
 from {{ cookiecutter.package }}.workflows.launch import check_config
 
+PACKAGE = "{{ cookiecutter.package }}"
 # Groups that train.yaml selects one option from; hydra/ and paths/ have a single file each (hparams_search/ is
 # search.yaml's: tests/test_search.py).
 GROUP_OPTIONS = sorted(
@@ -122,6 +124,51 @@ def test_model_optimizer_scheduler_take_a_step(model, optimizer, scheduler):
         schedule.scheduler.step(loss.item()) if schedule.monitor else schedule.scheduler.step()
         assert math.isfinite(opt.param_groups[0]["lr"]) and lr_before > 0
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_hydra_instantiate_builds_the_model_as_build_model_does(model):
+    """configs/model/*.yaml hold the _target_ and its arguments only: Hydra's own instantiate returns the module."""
+    cfg = compose_train([f"model={model}"])
+    torch.manual_seed(0)
+    instantiated = instantiate(cfg.model)
+    torch.manual_seed(0)
+    built = build_model(cfg.model)
+    assert type(instantiated) is type(built) and isinstance(built, torch.nn.Module)
+    assert type(built).__module__.startswith(f"{PACKAGE}.core.models.")
+    pairs = zip(instantiated.state_dict().values(), built.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model._target_=os.system", "model._target_=os.system is not valid: an nn.Module class of a module in"),
+        ("model._target_=torch.nn.Linear", "model._target_=torch.nn.Linear is not valid: an nn.Module class"),
+        (f"model._target_={PACKAGE}.core.models.build_model", "model._target_=" + PACKAGE + ".core.models.build_model"),
+        ("+model.act={_target_:subprocess.run,args:[ls]}", "model.act is not valid: a model's config holds its"),
+        ("+model._partial_=true", "model._partial_ is not valid: a model's config holds its _target_"),
+        ("+model.width=3", "model.width=3 is not valid: " + PACKAGE + ".core.models.cnn.CNN takes no argument width"),
+        ("~model.num_classes", "model.num_classes is missing: " + PACKAGE + ".core.models.cnn.CNN needs it"),
+    ],
+)
+def test_only_the_projects_models_are_built(override, message):
+    """A checkpoint's config is built by evaluate/export/predict/serve: its _target_ must be a model class of
+    core/models, and the rest plain arguments of it (Hydra's instantiate would import and call anything)."""
+    with pytest.raises(UserError) as refused:
+        build_model(compose_train(["model=cnn", override]).model)
+    assert str(refused.value).startswith(message), str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_model_is_checked_on_the_meta_device_without_drawing_random_numbers():
+    torch.manual_seed(0)
+    expected = torch.rand(1)
+    torch.manual_seed(0)
+    check_model(compose_train(["model=resnet"]).model)
+    assert torch.equal(torch.rand(1), expected)
+    with pytest.raises(UserError, match=r"^model\.channels=\[32,0\] is not valid: a list of at least one whole"):
+        check_model(compose_train(["model=resnet", "model.channels=[32,0]"]).model)
 
 
 def test_onecycle_total_steps_come_from_the_data():

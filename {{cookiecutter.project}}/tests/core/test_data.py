@@ -17,7 +17,8 @@ from conftest import compose_train, run_train
 from datasets_on_disk import make_cifar, make_mnist, write_idx
 from torchvision.datasets.utils import calculate_md5
 
-from {{ cookiecutter.package }}.core.data import DIGITS_NORMALIZATION, DataPipeline, load_digits_tensors
+from {{ cookiecutter.package }}.core.data import DataPipeline
+from {{ cookiecutter.package }}.core.datasets.digits import Digits, load_digits_tensors
 from {{ cookiecutter.package }}.core.errors import UserError
 
 
@@ -30,7 +31,7 @@ def split_indices(seed: int) -> list[list[int]]:
 def test_digits_are_scikit_learns_read_without_importing_it():
     code = (
         "import sys\n"
-        "from {{ cookiecutter.package }}.core.data import load_digits_tensors\n"
+        "from {{ cookiecutter.package }}.core.datasets.digits import load_digits_tensors\n"
         "images, labels = load_digits_tensors()\n"
         "print('sklearn' in sys.modules, tuple(images.shape), labels.dtype)"
     )
@@ -40,7 +41,7 @@ def test_digits_are_scikit_learns_read_without_importing_it():
 
     digits = load_digits()
     images, labels = load_digits_tensors()
-    (mean,), (std,) = DIGITS_NORMALIZATION
+    (mean,), (std,) = Digits.mean, Digits.std
     expected = (torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0 - mean) / std
     assert torch.equal(images, expected) and torch.equal(labels, torch.tensor(digits.target))
 
@@ -386,3 +387,10 @@ def test_train_py_prints_the_damaged_file_in_one_line(tmp_path):
 def test_unknown_dataset_is_named():
     with pytest.raises(UserError, match="data.name='imagenet'"):
         DataPipeline(compose_train(["data.name=imagenet"]).data, seed=0)
+
+
+def test_a_config_that_does_not_fit_its_registry_entry_is_refused():
+    with pytest.raises(UserError, match=r"^data.image_size=28 is not valid for data=digits: its images are 1x8x8 "):
+        DataPipeline(compose_train(["data=digits", "data.image_size=28"]).data, seed=0)
+    with pytest.raises(UserError, match=r"^data.test_fraction is not set for data=digits: it has no test split"):
+        DataPipeline(compose_train(["data=digits", "~data.test_fraction"]).data, seed=0)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import PROJECT_ROOT, assert_same_curves, compose_train, scalars
-from datasets_on_disk import make_cifar, make_mnist
+from datasets_on_disk import make_files, make_mnist
 from in_process import train, weights
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
@@ -31,10 +31,7 @@ AUGMENT = ("data.augment.crop_padding=2", "data.augment.horizontal_flip=true")
 @pytest.fixture(params=["mnist", "cifar10"])
 def dataset(request, tmp_path, monkeypatch):
     """(name, root) of a tiny dataset in its real file format: 40 MNIST / 50 CIFAR-10 training images."""
-    if request.param == "mnist":
-        make_mnist(tmp_path)
-    else:
-        make_cifar(tmp_path, monkeypatch)
+    make_files(request.param, tmp_path, monkeypatch)
     return request.param, tmp_path
 
 
@@ -253,12 +250,12 @@ def test_the_gpu_benchmark_prints_its_commands_and_they_compose(tmp_path):
         assert words[1] == "train.py" and "experiment=cifar10" in words and "trainer.precision=bf16-mixed" in words
         cfg = compose_train(words[2:])
         assert (cfg.data.loader, cfg.trainer.max_epochs, cfg.seed, cfg.data.root) == ("tensor", 2, 1, str(tmp_path))
-        runs.add((cfg.engine.name, cfg.model.compile))
+        runs.add((cfg.engine.name, cfg.compile))
     assert runs == {("raw", False), ("raw", True), ("lightning", False), ("lightning", True)}
 
 
 def test_the_gpu_benchmark_refuses_a_machine_it_cannot_run_on_in_one_line(tmp_path):
-    """Here (no CUDA): the device; on a GPU machine: the CIFAR-10 files missing from an empty folder."""
+    """Without CUDA: the device; with CUDA: the CIFAR-10 files missing from an empty folder."""
     result = benchmark("gpu.py", f"--data-dir={tmp_path}")
     expected = "error: no CIFAR-10 files in" if torch.cuda.is_available() else "error: no CUDA device here"
     assert result.returncode == 1 and result.stdout == ""
@@ -273,8 +270,8 @@ def test_the_data_loading_benchmark_runs_writes_its_figures_and_leaves_no_files(
     # not exceed 107 characters (under tmp_path, nested in the template's suite, the workers' batches were lost).
     scratch = Path(tempfile.mkdtemp(prefix="dl-"))
     request.addfinalizer(lambda: shutil.rmtree(scratch, ignore_errors=True))
-    # A narrow ResNet-9 and one DataLoader worker in the epoch runs: their mechanics are tested, not their speed (on
-    # a busy 2-core machine the recipe's 8 workers and full width took over 300 s).
+    # A narrow ResNet-9 and one DataLoader worker in the epoch runs: their mechanics are tested, not their speed (the
+    # recipe's 8 workers and full width take minutes on a small CPU).
     result = benchmark(
         "data_loading.py",
         "--repeats=1",

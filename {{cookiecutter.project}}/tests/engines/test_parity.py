@@ -187,7 +187,7 @@ def test_output_layout_is_the_same_in_both_engines(log_dir):
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_non_finite_loss_stops_both_engines_with_the_same_message(tmp_path, monkeypatch, engine):
-    from {{ cookiecutter.package }}.core import data as data_module
+    from {{ cookiecutter.package }}.core.datasets import digits as data_module
 
     real = data_module.load_digits_tensors
     monkeypatch.setattr(

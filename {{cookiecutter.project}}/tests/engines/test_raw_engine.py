@@ -8,13 +8,13 @@ import torch.nn.functional as F
 from conftest import compose_train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from {{ cookiecutter.package }}.core import data as data_module
 from {{ cookiecutter.package }}.core.data import DataPipeline
+from {{ cookiecutter.package }}.core.datasets import digits as data_module
 from {{ cookiecutter.package }}.core.errors import UserError
 from {{ cookiecutter.package }}.core.models import build_model
-from {{ cookiecutter.package }}.engines.raw import fit
+from {{ cookiecutter.package }}.engines.raw import batch_to_device, fit, parse_precision
 from {{ cookiecutter.package }}.run import checkpoint as checkpoint_module
-from {{ cookiecutter.package }}.run.checkpoint import load_checkpoint, save_checkpoint
+from {{ cookiecutter.package }}.run.checkpoint import initial_model, load_checkpoint, save_checkpoint
 from {{ cookiecutter.package }}.workflows.launch import seed_everything
 
 QUICK = [
@@ -287,7 +287,18 @@ def test_grad_norm_is_logged_at_the_logging_cadence(tmp_path):
 
 
 def test_compile_keeps_state_dict_keys():
-    plain = build_model(compose_train(["model=mlp"]).model)
-    compiled = build_model(compose_train(["model=mlp", "model.compile=true"]).model)
+    plain = initial_model(compose_train(["model=mlp"]))
+    compiled = initial_model(compose_train(["model=mlp", "compile=true"]))
     assert compiled._compiled_call_impl is not None and plain._compiled_call_impl is None
     assert compiled.state_dict().keys() == plain.state_dict().keys()
+
+
+@pytest.mark.parametrize("precision", ["32-true", "64-true", "bf16-mixed"])
+def test_batch_to_device_casts_floating_point_inputs_only(precision):
+    """As Lightning's precision plugins (convert_input): float inputs take the parameter dtype, token ids keep int64."""
+    device = torch.device("cpu")
+    settings = parse_precision(precision, device)
+    images, targets = batch_to_device((torch.rand(2, 1, 8, 8), torch.tensor([3, 1])), device, settings)
+    assert images.dtype == settings.param_dtype and targets.dtype == torch.int64
+    tokens, targets = batch_to_device((torch.tensor([[5, 0, 7], [1, 2, 3]]), torch.tensor([3, 1])), device, settings)
+    assert tokens.dtype == torch.int64 and tokens.tolist() == [[5, 0, 7], [1, 2, 3]]

@@ -51,8 +51,8 @@ def other_filesystem(path: Path) -> Path | None:
 
 
 # One thread per process: on a busy machine a multi-threaded CPU run now and then computes an epoch's float sums in
-# another order (1 straight run in 20 with 6 at once on 2 cores ended with other weights, before any kill), and
-# this test is about what a resume restores, not about that.
+# another order (and a straight run ends with other weights, before any kill), and this test is about what a resume
+# restores, not about that.
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 

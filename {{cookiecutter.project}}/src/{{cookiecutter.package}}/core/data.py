@@ -1,35 +1,23 @@
 """One data pipeline for both engines: datasets, transforms, the seeded split and the loaders.
 
 engine=raw calls `prepare_data()`, `setup()` and the `*_dataloader()` methods itself; engine=lightning
-wraps this same class in a LightningDataModule and lets the Trainer call them.
+wraps this same class in a LightningDataModule and lets the Trainer call them. What is particular to a dataset
+(its files, splits, normalisation, shape) is its entry in the registry, datasets/: this module asks the entry.
 """
 
-import gzip
-import importlib.util
 import multiprocessing.util
 import os
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset, random_split
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, random_split
 
-from .datafiles import check_mnist_contents, mnist_split_files, torchvision_error
+from . import datasets
 from .errors import UserError
 from .tensor_loader import TensorLoader, TensorSplit, decode
 
-# name -> (torchvision.datasets class, folder it creates under root, per-channel mean, per-channel std)
-TORCHVISION = {
-    "mnist": ("MNIST", "MNIST/raw", (0.1307,), (0.3081,)),
-    "fashion_mnist": ("FashionMNIST", "FashionMNIST/raw", (0.2860,), (0.3530,)),
-    "cifar10": ("CIFAR10", "cifar-10-batches-py", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-}
-DATASETS = ("digits", *TORCHVISION)
-DIGITS_NORMALIZATION = ((0.3,), (0.38,))  # approximately the mean and std of the digits' pixels in [0, 1]
 LOADERS = ("dataloader", "tensor")  # configs/data/*.yaml `loader`: torch's DataLoader, or tensor_loader.py
 # DataLoader workers hand each batch over by file descriptor (torch's file_descriptor strategy, Linux), through an
 # AF_UNIX socket that multiprocessing makes at <its temp dir under TMPDIR>/listener-XXXXXXXX. Linux allows such a
@@ -55,40 +43,6 @@ def check_worker_socket(cfg: DictConfig) -> None:
             f"{len(socket_path)} characters, over the {SOCKET_PATH_MAX} a socket path may have; set TMPDIR to a "
             f"folder of at most {longest} characters, or data.num_workers=0"
         )
-
-
-def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The per-channel (mean, std) that data=<name> is normalised with."""
-    return DIGITS_NORMALIZATION if name == "digits" else TORCHVISION[name][2:]
-
-
-def image_transform(mean: tuple[float, ...], std: tuple[float, ...]) -> Callable[[Any], torch.Tensor]:
-    """An image (PIL, uint8 tensor, or an H x W x C array: uint8 0-255 or floats in [0, 1]) as the model's input: the
-    preprocessing of training, written once (the torchvision datasets, predict.py and serve.py use it)."""
-    from torchvision.transforms import v2
-
-    return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
-
-
-def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's 8x8 digits as (N, 1, 8, 8) float images in [0, 1] (its pixels count 0-16), normalised, and int64
-    labels. Read from the file scikit-learn ships, as its load_digits reads it, without importing scikit-learn: that
-    import (scipy with it) took 1 s of a 2 s start-up."""
-    spec = importlib.util.find_spec("sklearn")  # finds the package without importing it
-    path = Path(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz") if spec else None
-    if path is None or not path.is_file():  # not installed (its error says so), or another layout
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        flat, labels = digits.data, digits.target
-    else:
-        with gzip.open(path, "rt", encoding="utf-8") as file:
-            table = np.loadtxt(file, delimiter=",")  # 64 pixels and the label per row
-        flat, labels = table[:, :-1], table[:, -1].astype(int)
-    images = torch.tensor(flat.reshape(-1, 8, 8), dtype=torch.float32).unsqueeze(1) / 16.0
-    (mean,), (std,) = DIGITS_NORMALIZATION
-    images = (images - mean) / std  # as image_transform normalises an image file of a digit
-    return images, torch.tensor(labels, dtype=torch.int64)
 
 
 def limit_batches(num_batches: int, limit: int | float | None, key: str = "limit_*_batches") -> int:
@@ -167,8 +121,7 @@ class DataPipeline:
     ) -> None:
         """`batch_limits`: the trainer config, whose limit_*_batches setup() checks against the split sizes;
         `device`: the training device, where data.loader=tensor keeps the splits."""
-        if cfg.name not in DATASETS:
-            raise UserError(f"data.name={cfg.name!r} is not a known dataset: use one of {', '.join(DATASETS)}")
+        self.dataset = datasets.check_config(cfg)  # the registry's entry of data=<name>
         check_worker_socket(cfg)  # train.py has checked it before any work; benchmarks come here directly
         super().__init__()  # lets Lightning's DataModule initialise itself when it is mixed in
         self.cfg, self.seed, self.batch_limits, self.device = cfg, seed, batch_limits, torch.device(device)
@@ -180,25 +133,24 @@ class DataPipeline:
 
     def prepare_data(self) -> None:
         """Download, once per machine: on local rank 0 only, in both engines (Lightning's default)."""
-        if self.cfg.name in TORCHVISION:
-            for train in (True, False):
-                self._torchvision(train=train, download=self.cfg.download)
+        self.dataset.prepare(self.cfg.root, self.cfg.download)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         split_generator = torch.Generator().manual_seed(self.seed)
-        if self.cfg.name == "digits":
-            dataset = TensorDataset(*load_digits_tensors())
-            n_val = round(len(dataset) * self.cfg.val_fraction)
-            n_test = round(len(dataset) * self.cfg.test_fraction)
-            lengths = [len(dataset) - n_val - n_test, n_val, n_test]
-            self.train_set, self.val_set, self.test_set = random_split(dataset, lengths, split_generator)
+        spec, root = self.dataset, self.cfg.root
+        if not spec.has_test_split:  # one pool: the test split is cut from it too
+            pool = spec.load(root, train=True, download=False)
+            n_val = round(len(pool) * self.cfg.val_fraction)
+            n_test = round(len(pool) * self.cfg.test_fraction)
+            lengths = [len(pool) - n_val - n_test, n_val, n_test]
+            self.train_set, self.val_set, self.test_set = random_split(pool, lengths, split_generator)
         else:
-            full_train = self._torchvision(train=True, download=False)
+            full_train = spec.load(root, train=True, download=False)
             n_val = round(len(full_train) * self.cfg.val_fraction)
             self.train_set, self.val_set = random_split(full_train, [len(full_train) - n_val, n_val], split_generator)
-            self.test_set = self._torchvision(train=False, download=False)
+            self.test_set = spec.load(root, train=False, download=False)
         augment = self.cfg.get("augment") or {}
         if self.tensor:  # decoded once, kept on the device; the loader augments whole batches there
             self._to_tensors()
@@ -274,23 +226,8 @@ class DataPipeline:
                 "not implemented (Lightning can only swap the sampler of a DataLoader): use "
                 "data.loader=dataloader"
             )
-        mean, std = normalization(self.cfg.name)
+        spec = self.dataset
         for name in ("train_set", "val_set", "test_set"):  # the seeded split's indices (Subset) kept
-            setattr(self, name, TensorSplit(*decode(getattr(self, name)), mean, std, self.device))
-
-    def _torchvision(self, train: bool, download: bool) -> Dataset:
-        import torchvision  # imported here: data=digits does not need it
-
-        class_name = TORCHVISION[self.cfg.name][0]
-        transform = image_transform(*normalization(self.cfg.name))
-        dataset_class = getattr(torchvision.datasets, class_name)
-        try:
-            dataset = dataset_class(self.cfg.root, train=train, download=download, transform=transform)
-        except Exception as err:  # a damaged MNIST file raises ValueError, AssertionError, RuntimeError...
-            error = torchvision_error(self.cfg.name, dataset_class, self.cfg.root, train, download, err)
-            if error is None:  # no file explains it: torchvision's own error, with its traceback
-                raise
-            raise error from err
-        if not hasattr(dataset_class, "train_list"):  # MNIST-style (CIFAR-10's files passed torchvision's md5)
-            check_mnist_contents(self.cfg.name, dataset, *mnist_split_files(dataset_class, self.cfg.root, train))
-        return dataset
+            setattr(
+                self, name, TensorSplit(*decode(getattr(self, name), spec.arrays), spec.mean, spec.std, self.device)
+            )

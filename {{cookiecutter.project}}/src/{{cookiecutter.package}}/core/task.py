@@ -27,7 +27,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]  # (images, class indices)
 
 
 def training_step(model: nn.Module, batch: Batch, label_smoothing: float = 0.0) -> torch.Tensor:
-    """A batch -> the loss to minimise (the mean over the batch), with model.label_smoothing (configs/model/).
+    """A batch -> the loss to minimise (the mean over the batch), with loss.label_smoothing (configs/train.yaml).
     Validation and test losses stay plain cross-entropy (evaluation_step)."""
     inputs, targets = batch
     return F.cross_entropy(model(inputs), targets, label_smoothing=label_smoothing)
@@ -49,8 +49,8 @@ def count_correct(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def accuracy(num_classes: int) -> "MulticlassAccuracy":
     """engine=lightning's accuracy: the same share as engine=raw's count_correct, as a torchmetrics Metric that
-    `self.log` accumulates over the epoch and syncs under DDP. Imported here: torchmetrics takes 2 s to import
-    (torchvision's models with it), which engine=raw does without."""
+    `self.log` accumulates over the epoch and syncs under DDP. Imported here: torchmetrics takes seconds to import
+    (torchvision's models with it: benchmarks/README.md), which engine=raw does without."""
     from torchmetrics.classification import MulticlassAccuracy
 
     return MulticlassAccuracy(num_classes=num_classes, average="micro")

@@ -15,26 +15,24 @@ same draws.
 """
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
-from torch.utils.data import Dataset, Sampler, Subset, TensorDataset
+from torch.utils.data import Dataset, Sampler, Subset
+
+Arrays = Callable[[Dataset], tuple[torch.Tensor, torch.Tensor]]
 
 
-def decode(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """The images of a torchvision MNIST/FashionMNIST/CIFAR10 dataset (or a Subset of one, or a TensorDataset) as
-    one (N, C, H, W) tensor, uint8 as in their files (a TensorDataset's as they are), and int64 labels; read from
-    the dataset's arrays (`.data`, `.targets`), not through its per-sample transform."""
+def decode(dataset: Dataset, arrays: Arrays) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images of a split (a Subset of the seeded split, or a dataset as its registry entry loaded it) as one
+    (N, C, H, W) tensor and int64 labels. `arrays`: the entry's (datasets.DatasetSpec.arrays), which reads the
+    loaded dataset's own arrays (uint8 pixels as in their files, or inputs normalised already), not through its
+    per-sample transform."""
     if isinstance(dataset, Subset):
-        images, labels = decode(dataset.dataset)
+        images, labels = decode(dataset.dataset, arrays)
         indices = torch.as_tensor(dataset.indices, dtype=torch.int64)
         return images[indices], labels[indices]
-    if isinstance(dataset, TensorDataset):
-        images, labels = dataset.tensors
-        return images, labels.to(torch.int64)
-    images = torch.as_tensor(dataset.data)
-    images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)  # MNIST: N,H,W; CIFAR: N,H,W,C
-    return images.contiguous(), torch.as_tensor(dataset.targets, dtype=torch.int64)
+    return arrays(dataset)
 
 
 class TensorSplit(Dataset):
@@ -61,7 +59,7 @@ class TensorSplit(Dataset):
         return self.inputs(self.images[index]), self.labels[index]
 
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
-        """The model's inputs; float images (data=digits) are stored normalised already."""
+        """The model's inputs; float images (datasets.DatasetSpec.arrays) are stored normalised already."""
         if images.is_floating_point():
             return images
         return images.to(torch.float32).mul_(1.0 / 255).sub_(self.mean).div_(self.std)

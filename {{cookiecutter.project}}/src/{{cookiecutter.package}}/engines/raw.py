@@ -138,8 +138,8 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
 
 class Trainer:
     """What lightning.Trainer keeps between its loop phases, under Lightning's names. `fit` fills in the objects;
-    the settings the loop reads at every step are plain values here (an OmegaConf lookup costs tens of
-    microseconds, and a few per step add up to percents of a small model's step)."""
+    the settings the loop reads at every step are plain values here (an OmegaConf lookup costs a thousand times a
+    plain attribute's, and a few per step add up on a small model: benchmarks/README.md)."""
 
     world: World
     device: torch.device
@@ -166,7 +166,7 @@ class Trainer:
 
     def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
         self.cfg, self.run_dir = cfg, run_dir
-        self.config_yaml = OmegaConf.to_yaml(cfg)  # in every checkpoint: written once (6 ms a time)
+        self.config_yaml = OmegaConf.to_yaml(cfg)  # in every checkpoint: rendered once, not at every save
         settings = cfg.trainer
         self.max_epochs, self.max_steps = settings.max_epochs, settings.max_steps
         self.accumulate_grad_batches = settings.accumulate_grad_batches
@@ -174,7 +174,7 @@ class Trainer:
         self.gradient_clip_algorithm = settings.gradient_clip_algorithm
         self.check_val_every_n_epoch = settings.check_val_every_n_epoch
         self.log_every_n_steps = settings.log_every_n_steps
-        self.label_smoothing = cfg.model.get("label_smoothing", 0.0)
+        self.label_smoothing = cfg.loss.label_smoothing
         init_debugging_flags(self, settings)  # limits, fast_dev_run, overfit_batches, val_check_interval
         self.monitor, self.mode = cfg.callbacks.model_checkpoint.monitor, cfg.callbacks.model_checkpoint.mode
         self.checkpoint_dir = run_dir / "checkpoints"
@@ -236,16 +236,18 @@ def pick_device(accelerator: str, local_rank: int = 0) -> torch.device:
 
 
 def batch_to_device(batch: Batch, device: torch.device, precision: "Precision") -> Batch:
-    """LightningModule.transfer_batch_to_device (and, for 64-true, the precision plugin's cast of the inputs)."""
+    """LightningModule.transfer_batch_to_device, then the precision plugin's convert_input: floating-point inputs in
+    the parameter dtype (float64 under 64-true); other inputs (token ids, masks) keep their dtype, as in Lightning."""
     inputs, targets = batch
-    return inputs.to(device, dtype=precision.param_dtype, non_blocking=True), targets.to(device, non_blocking=True)
+    dtype = precision.param_dtype if inputs.is_floating_point() else None
+    return inputs.to(device, dtype=dtype, non_blocking=True), targets.to(device, non_blocking=True)
 
 
 # -- precision --
 
 
 class Precision(NamedTuple):
-    param_dtype: torch.dtype  # of the parameters and the inputs
+    param_dtype: torch.dtype  # of the parameters and the floating-point inputs
     autocast_dtype: torch.dtype | None  # what autocast computes in; None: no autocast
 
 
@@ -278,7 +280,7 @@ def autocast(device: torch.device, precision: Precision):
 def set_deterministic(deterministic: bool | str) -> None:
     """Trainer(deterministic=True | "warn" | False), set as Lightning sets it: deterministic kernels, with an error
     (a warning) where an op has none; False switches them off again. Off, torch's default, needs no call: the
-    call imports torch's compiler (torch._dynamo, 1.5 s of start-up) to set its flag too."""
+    call imports torch's compiler (torch._dynamo, a second of start-up: benchmarks/README.md) to set its flag too."""
     if deterministic or torch.are_deterministic_algorithms_enabled():
         torch.use_deterministic_algorithms(bool(deterministic), warn_only=deterministic == "warn")
     if deterministic:

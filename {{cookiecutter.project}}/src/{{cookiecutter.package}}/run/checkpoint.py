@@ -174,10 +174,13 @@ def load_weights(path: Path, model: nn.Module) -> None:
 
 def initial_model(cfg: DictConfig) -> nn.Module:
     """The model a training run starts from: configs/model/'s, with the weights of the checkpoint
-    `weights_from` when it is set (a new run from them)."""
+    `weights_from` when it is set (a new run from them); `compile=true` compiles it in place (its state_dict keys
+    stay the same, so checkpoints load into it as into the plain module)."""
     model = build_model(cfg.model)
     if cfg.get("weights_from") is not None:
         load_weights(Path(cfg.weights_from), model)
+    if cfg.get("compile"):
+        model.compile()
     return model
 
 

@@ -4,7 +4,8 @@ One rule per key, declared in RULES: what the key accepts, in words, and the tes
 one line, `error: <key>=<value> is not valid: <what is accepted>`, before train.py's run folder holds anything but
 Hydra's own files (which train.py then removes). Rules that depend on the machine (is there a GPU?) or on other
 keys (the DDP device counts) live where they are checked: launch.check_accelerator, distributed.check_distributed.
-Nothing here imports torch.
+A model's own arguments (model.*) are the model's to check (core/models/, called by launch.check_config): the rules
+here are only for keys every run has. Nothing here imports torch.
 """
 
 import math
@@ -67,7 +68,7 @@ RULES: dict[str, Rule] = {
     ),
     "engine.name": one_of("raw", "lightning"),
     "tags": Rule(
-        "a list of short labels (text of 1 to 64 characters, no spaces), e.g. [baseline,cifar10]",
+        "a list of short labels (text of 1 to 64 characters, no spaces), e.g. [baseline,lr-sweep]",
         lambda v: (
             isinstance(v, (list, tuple, ListConfig))
             and all(isinstance(t, str) and 0 < len(t) <= 64 and not any(c.isspace() for c in t) for t in v)
@@ -122,15 +123,9 @@ RULES: dict[str, Rule] = {
     "data.loader": one_of("dataloader", "tensor"),  # data.LOADERS (this module imports no torch)
     "data.augment.crop_padding": WHOLE_0,
     "data.augment.horizontal_flip": BOOLEAN,
-    "model.channels": Rule(
-        "a list of at least one whole number of at least 1, e.g. [32,64]", lambda v: whole_list(v, 1, 1)
-    ),
-    "model.hidden": Rule(
-        "a list of whole numbers of at least 1 (may be empty), e.g. [256,128]", lambda v: whole_list(v, 1, 0)
-    ),
-    "model.dropout": Rule("a probability in [0.0, 1.0)", lambda v: number(v) and 0 <= v < 1),
-    "model.compile": BOOLEAN,
-    "model.label_smoothing": Rule("a fraction in [0.0, 1.0)", lambda v: number(v) and 0 <= v < 1),
+    # model.*: each model checks its own arguments (core/models/), and build_model its _target_ and keys.
+    "loss.label_smoothing": Rule("a fraction in [0.0, 1.0)", lambda v: number(v) and 0 <= v < 1),
+    "compile": BOOLEAN,
     "optimizer.lr": POSITIVE,
     "optimizer.weight_decay": NON_NEGATIVE,
     "optimizer.momentum": NON_NEGATIVE,

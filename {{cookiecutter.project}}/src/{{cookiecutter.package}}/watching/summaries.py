@@ -159,12 +159,12 @@ def add_graph(writer: SummaryWriter, settings: Settings, model: nn.Module, datas
     """GRAPHS tab: the model's layers and tensor shapes, traced once on a batch of training images.
 
     The trace runs in eval mode (add_graph switches it), so batch-norm statistics and dropout's random
-    draws are untouched. A compiled model (model.compile=true) cannot be traced: it gets no graph.
+    draws are untouched. A compiled model (compile=true) cannot be traced: it gets no graph.
     """
     if not settings.graph:
         return
     if getattr(model, "_compiled_call_impl", None) is not None:  # set by nn.Module.compile()
-        print("tensorboard: no model graph for a compiled model (model.compile=true)", flush=True)
+        print("tensorboard: no model graph for a compiled model (compile=true)", flush=True)
         return
     parameter = next(model.parameters())
     images, _ = first_examples(dataset, settings.num_samples)

@@ -58,7 +58,7 @@ def evaluate(cfg: DictConfig, run_dir: Path, overrides: list[str] | tuple[str, .
     check_config(eval_cfg)
 
     # The model of the training run's config, with the checkpoint's weights (one line naming the keys that differ).
-    model = build_model({**eval_cfg.model, "compile": False})
+    model = build_model(eval_cfg.model)
     weights = model_state_dict(state)
     check_weights_fit(
         weights,
@@ -68,7 +68,7 @@ def evaluate(cfg: DictConfig, run_dir: Path, overrides: list[str] | tuple[str, .
         f"config (leave model.* and data.channels/num_classes as in {config_from})",
     )
     model.load_state_dict(weights)
-    if eval_cfg.model.get("compile"):
+    if eval_cfg.get("compile"):
         model.compile()
 
     # The training run's seeded split, and the batches its test (or validation) used.

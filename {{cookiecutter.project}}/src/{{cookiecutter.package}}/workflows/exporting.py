@@ -25,7 +25,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from ..core.data import DataPipeline, normalization
+from ..core import datasets
+from ..core.data import DataPipeline
 from ..core.errors import UserError
 from ..core.models import build_model
 from ..run.checkpoint import check_weights_fit, model_state_dict
@@ -39,21 +40,6 @@ CARD = "model.json"  # the input, the normalisation and the class names: beside 
 INPUT, OUTPUT = "images", "logits"  # the ONNX graph's input and output names
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 EXPORT_EXTRA = 'pip install -e ".[export]" (onnx, onnxscript, onnxruntime)'
-CLASS_NAMES = {  # torchvision's `classes` of each dataset; digits and MNIST: the digit itself
-    "fashion_mnist": [
-        "T-shirt/top",
-        "Trouser",
-        "Pullover",
-        "Dress",
-        "Coat",
-        "Sandal",
-        "Shirt",
-        "Sneaker",
-        "Bag",
-        "Ankle boot",
-    ],
-    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
-}
 
 
 def export(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -118,7 +104,7 @@ def load_trained(checkpoint: Path) -> tuple[nn.Module, DictConfig, dict[str, Any
     """The PyTorch model of a checkpoint of either engine, in eval mode on the CPU, its training run's config, and
     the model card of model.json (without the exported files)."""
     state, writer, trained, config_from = load_training_run(checkpoint)
-    model = build_model({**trained.model, "compile": False})
+    model = build_model(trained.model)
     weights = model_state_dict(state)
     check_weights_fit(weights, model, f"ckpt_path={checkpoint}", f"keep the training run's config ({config_from})")
     model.load_state_dict(weights)
@@ -127,12 +113,13 @@ def load_trained(checkpoint: Path) -> tuple[nn.Module, DictConfig, dict[str, Any
 
 def model_card(trained: DictConfig, checkpoint: Path, writer: str) -> dict[str, Any]:
     data = trained.data
-    mean, std = normalization(data.name)
+    dataset = datasets.get(data.name)  # its registry entry: normalisation, class names, input dtype
+    mean, std = dataset.mean, dataset.std
     return {
         "input": {
             "name": INPUT,
             "shape": ["batch", data.channels, data.image_size, data.image_size],
-            "dtype": "float32",
+            "dtype": str(dataset.input_dtype).removeprefix("torch."),
             "layout": "NCHW",
         },
         "output": {
@@ -143,17 +130,13 @@ def model_card(trained: DictConfig, checkpoint: Path, writer: str) -> dict[str, 
         },
         # data.image_transform: pixels scaled to [0, 1] (8-bit images divided by 255), then per channel
         "normalization": {"mean": list(mean), "std": list(std), "input": "(pixel / 255 - mean) / std"},
-        "classes": class_names(data.name, data.num_classes),
+        "classes": list(dataset.class_names),
         "data": data.name,
         "model": trained.model._target_,
         "ckpt_path": str(checkpoint),
         "written_by": writer,
         "torch": torch.__version__,
     }
-
-
-def class_names(dataset: str, num_classes: int) -> list[str]:
-    return CLASS_NAMES.get(dataset) or [str(index) for index in range(num_classes)]
 
 
 def test_images(trained: DictConfig, count: int) -> torch.Tensor:

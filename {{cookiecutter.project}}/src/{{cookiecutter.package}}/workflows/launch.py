@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..core.data import check_worker_socket
 from ..core.errors import UserError
-from ..core.models import build_model
+from ..core.models import build_model, check_model
 from ..run.checkpoint import load_for_resume, load_weights, prepare_checkpoint_dir
 from ..run.config_rules import validate
 from ..run.distributed import check_distributed, fail_on_purpose, is_ddp, launch_workers, launched_world, process_group
@@ -61,8 +61,10 @@ def check_precision(precision: str, device_type: str) -> None:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Every value, before any data or model is built: its own rule (validation.py), then this machine."""
+    """Every value, before any data or model is built: its own rule (config_rules.py), the model's config and
+    arguments (core/models/), then this machine."""
     validate(cfg)
+    check_model(cfg.model)
     check_accelerator(cfg.trainer)
     check_worker_socket(cfg.data)  # TMPDIR short enough for the DataLoader workers
     summaries.Summaries(cfg)  # the TensorBoard switches (the engines read them again)
@@ -102,9 +104,7 @@ def train(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict[
         print(f"seed=null: this run's seed is {cfg.seed}", flush=True)
     checkpoint = find_checkpoint(cfg.ckpt_path, run_dir.parent)
     if checkpoint is not None:  # before any work, for both engines: a file that cannot resume this run is one line
-        resumed_step = loggers.global_step_of(
-            load_for_resume(checkpoint, cfg.engine.name, build_model({**cfg.model, "compile": False}))
-        )
+        resumed_step = loggers.global_step_of(load_for_resume(checkpoint, cfg.engine.name, build_model(cfg.model)))
     if cfg.get("weights_from") is not None:  # a new run from a checkpoint's weights, which build_model loads
         if checkpoint is not None:
             raise UserError(
@@ -112,7 +112,7 @@ def train(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict[
                 "weights_from starts a new run from a checkpoint's weights; give one of them"
             )
         cfg.weights_from = str(find_checkpoint(cfg.weights_from, run_dir.parent, key="weights_from"))
-        load_weights(Path(cfg.weights_from), build_model({**cfg.model, "compile": False}))
+        load_weights(Path(cfg.weights_from), build_model(cfg.model))
     if launched_world() is None or launched_world().is_main:  # writable, and a killed run's temporary files gone
         prepare_checkpoint_dir(run_dir / "checkpoints")
         if checkpoint is not None:

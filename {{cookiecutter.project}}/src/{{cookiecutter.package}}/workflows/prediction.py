@@ -1,5 +1,5 @@
 """predict.py's logic, and what serve.py serves: a model (an exported model.pt2 or model.onnx with its model.json, or
-a checkpoint of either engine) given images with exactly the preprocessing of training (data.image_transform).
+a checkpoint of either engine) given images with exactly the preprocessing of training (datasets.image_transform).
 
 An input is an image file (8-bit grayscale or RGB, the model's size: nothing is resized, as training resized
 nothing) or an array of pixel values channels last, as in an image file: integers 0-255 or floats in [0, 1], one
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from ..core.data import image_transform
+from ..core.datasets import image_transform
 from ..core.errors import UserError
 from ..run.config_rules import WHOLE_1, shown
 from .exporting import CARD, FILES, load_exported, load_trained

@@ -1,4 +1,5 @@
-"""One worker of a DDP run that train.py launched itself: `python -m {{ cookiecutter.package }}.workflows.worker CONFIG RUN_DIR`.
+"""One worker of a DDP run that train.py launched itself:
+`python -m {{ cookiecutter.package }}.workflows.worker CONFIG RUN_DIR`.
 
 distributed.launch_workers starts `trainer.devices` of these with torch elastic, as torchrun would. Each loads
 the composed config from CONFIG instead of running Hydra again, joins the process group and trains into RUN_DIR

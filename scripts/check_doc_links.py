@@ -1,13 +1,15 @@
-"""The links in the project's Markdown documents (DOCUMENTS) point at files and lines that exist.
+"""The links in the generated project's Markdown documents point at files and lines that exist.
+
+    python scripts/check_doc_links.py [--fix] [PROJECT]
+
+PROJECT is a baked project, or by default the project as it stands in this template checkout (where folder names
+are still template expressions: a link's `{{ cookiecutter.package }}` names the folder `{{cookiecutter.package}}`).
+The template's tests run it on a bake (tests/test_baked_docs.py).
 
 A link is relative to the folder of the document it is in. A link to a line, [`name`](src/pkg/engines/raw.py#L120),
-must show `name` on that line. The engines change
-often, so when a name moves the failure says where it is now, and
-
-    python tests/test_comparison_doc.py --fix
-
-rewrites every line number whose name is found on exactly one line (it works in the template checkout too,
-where folder names are still template expressions). Rules for the name in backticks:
+must show `name` on that line. The engines change often, so when a name moves the report says where it is now, and
+`--fix` rewrites every line number whose name is found on exactly one line (edit the template, not a bake: run it
+without PROJECT). Rules for the name in backticks:
 
 * the code must occur on the line, where `...` stands for anything (`self.log("lr", ...)`, whose closing
   bracket may be on a later line);
@@ -16,18 +18,23 @@ where folder names are still template expressions). Rules for the name in backti
 * the link text may contain `]` inside backticks (`progress["epoch"]`) and one level of nested brackets.
 """
 
+import argparse
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
+# The generated project as it stands in the template checkout (folder names still template expressions).
+TEMPLATE_PROJECT = Path(__file__).resolve().parents[1] / "{{cookiecutter.project}}"
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-# tour/ is left out of a project baked with include_tour=no; when the folder is there, so must its README be.
-DOCUMENTS = ("COMPARISON.md", "README.md", "benchmarks/README.md") + (
-    ("tour/README.md",) if (PROJECT_ROOT / "tour").is_dir() else ()
-)
+
+def documents(root: Path) -> tuple[str, ...]:
+    """The Markdown documents whose links are checked; tour/ is left out of a project baked with include_tour=no,
+    and when the folder is there, so must its README be."""
+    return ("COMPARISON.md", "README.md", "benchmarks/README.md") + (
+        ("tour/README.md",) if (root / "tour").is_dir() else ()
+    )
+
 
 # [text](target). The text: code spans (which may hold brackets: [`progress["epoch"]`](...)), one level of
 # nested brackets ([see [1]](...)), and anything else but brackets. A target may contain template expressions
@@ -182,120 +189,31 @@ def fix_document(root: Path, document: str, problems: list[Problem]) -> int:
 
 
 def report(problems: list[Problem]) -> str:
-    return "\n".join(map(str, problems)) + "\n(python tests/test_comparison_doc.py --fix rewrites the certain ones)"
+    return "\n".join(map(str, problems)) + "\n(python scripts/check_doc_links.py --fix rewrites the certain ones)"
 
 
-@pytest.mark.parametrize("document", DOCUMENTS)
-def test_links_point_at_existing_files_and_lines(document):
-    problems = check_document(PROJECT_ROOT, document)
-    if problems:
-        pytest.fail(report(problems), pytrace=False)
+def check_project(root: Path) -> dict[str, list[Problem]]:
+    return {document: check_document(root, document) for document in documents(root)}
 
 
-def test_comparison_links_to_lines_of_both_engines():
-    text = (PROJECT_ROOT / "COMPARISON.md").read_text(encoding="utf-8")
-    for engine in ("raw", "lightning"):
-        assert re.search(rf"\]\(src/[^)]*/engines/{engine}\.py#L\d+\)", text), f"no link to a line of {engine}.py"
-
-
-@pytest.fixture
-def small_project(tmp_path: Path) -> Path:
-    (tmp_path / "engine.py").write_text("import torch\n\n\ndef clip_gradients(model):\n    model.step()\n")
-    return tmp_path
-
-
-def write_doc(project: Path, body: str) -> str:
-    (project / "DOC.md").write_text(f"# Doc\n\n{body}\n", encoding="utf-8")
-    return "DOC.md"
-
-
-def test_a_moved_name_is_reported_with_its_new_line_and_fixed(small_project):
-    document = write_doc(small_project, "[`clip_gradients`](engine.py#L2) and [`model.step()`](engine.py#L5)")
-    problems = check_document(small_project, document)
-    assert [str(p) for p in problems] == ["DOC.md:3: engine.py#L2 should show `clip_gradients`, which is now at line 4"]
-    assert fix_document(small_project, document, problems) == 1
-    assert "[`clip_gradients`](engine.py#L4)" in (small_project / document).read_text()
-    assert check_document(small_project, document) == []
-
-
-@pytest.mark.parametrize(
-    ("link", "message"),
-    [
-        ("[`torch`](missing.py#L1)", "points at missing.py, which does not exist"),
-        (
-            "[`clip_gradients`](engine.py#L40)",
-            "engine.py#L40 should show `clip_gradients` (it has 5 lines), which is now at line 4",
-        ),
-        ("[`zero_grad`](engine.py#L1)", "which no longer occurs in engine.py"),
-        ("[the clip](engine.py#L4)", "write the name it shows there in backticks"),
-        ("[doc](DOC.md#no-such-heading)", "has no heading with the anchor #no-such-heading"),
-    ],
-)
-def test_broken_links_are_reported(small_project, link, message):
-    problems = check_document(small_project, write_doc(small_project, link))
-    assert len(problems) == 1 and message in str(problems[0]), problems
-
-
-def test_a_link_whose_text_holds_brackets_is_checked_and_fixed(small_project):
-    (small_project / "loop.py").write_text('progress = {"epoch": 0}\nprogress["epoch"] += 1\n')
-    document = write_doc(small_project, '[`progress["epoch"]`](loop.py#L1), [see [1]](missing.md) and [`a]`](gone.py)')
-    problems = check_document(small_project, document)
-    assert [str(p) for p in problems] == [
-        'DOC.md:3: loop.py#L1 should show `progress["epoch"]`, which is now at line 2',
-        "DOC.md:3: [see [1]](missing.md) points at missing.md, which does not exist",
-        "DOC.md:3: [`a]`](gone.py) points at gone.py, which does not exist",
-    ]
-    assert fix_document(small_project, document, problems) == 1
-    assert '[`progress["epoch"]`](loop.py#L2)' in (small_project / document).read_text()
-    assert len(check_document(small_project, document)) == 2
-
-
-@pytest.mark.parametrize(
-    ("line", "links"),
-    [
-        ('[`progress["epoch"]`](a.py#L1)', [('`progress["epoch"]`', "a.py#L1")]),
-        ("[`x[0]` and `y]`](a.py)", [("`x[0]` and `y]`", "a.py")]),
-        ("[see [1]](a.md)", [("see [1]", "a.md")]),
-        ("[a] [b](c.md) [d]", [("b", "c.md")]),  # brackets that are not a link stay out of the next link's text
-        ("[a [b](c.md)", [("b", "c.md")]),
-        ("![plot](p.png) and [`f`](x.py#L2)", [("plot", "p.png"), ("`f`", "x.py#L2")]),
-        ("[`unclosed](a.py)", []),  # a lone backtick is not a code span: not a link this test can read
-    ],
-)
-def test_what_counts_as_a_link(line, links):
-    assert [(m["text"], m["target"]) for m in LINK.finditer(line)] == links
-
-
-def test_links_are_relative_to_the_folder_of_their_document(small_project):
-    (small_project / "sub").mkdir()
-    (small_project / "sub" / "DOC.md").write_text(
-        "# Sub\n\n[up](../engine.py), [`clip_gradients`](../engine.py#L4), [here](DOC.md#sub), [top](#sub) and "
-        "[not here](engine.py)\n",
-        encoding="utf-8",
-    )
-    problems = check_document(small_project, "sub/DOC.md")
-    assert [str(p) for p in problems] == [
-        "sub/DOC.md:3: [not here](engine.py) points at engine.py, which does not exist"
-    ]
-
-
-def test_what_counts_as_showing_a_name():
-    assert matches("Classifier.training_step", "    def training_step(self, batch):")
-    assert matches('self.log("lr", ...)', '        self.log("lr", self.optimizers().param_groups[0]["lr"])')
-    assert not matches("step", "    global_steps += 1")
-    assert not matches("scaler.step(optimizer)", "    optimizer.step()")
-    assert matches("trainer.test(module, ...)", "    trainer.test(module, datamodule=data,")
-    assert candidate_lines("EarlyStopping", ["x = EarlyStopping()", "class EarlyStopping:"]) == [2]
-    assert "heading-two" in heading_anchors("# One\n## Heading two\n```\n# not a heading\n```\n")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Check (and with --fix, update) the links of the project's documents.")
+    parser.add_argument("project", nargs="?", type=Path, default=TEMPLATE_PROJECT,
+                        help="a baked project (default: the project in this template checkout)")
+    parser.add_argument("--fix", action="store_true", help="rewrite the line numbers that have one certain fix")
+    args = parser.parse_args(argv)
+    if not (args.project / "README.md").is_file():
+        parser.error(f"{args.project} is not a project folder (it has no README.md)")
+    all_problems = check_project(args.project)
+    if args.fix:
+        for document, problems in all_problems.items():
+            if problems:
+                print(f"{document}: fixed {fix_document(args.project, document, problems)} link(s)")
+        all_problems = check_project(args.project)
+    remaining = [problem for problems in all_problems.values() for problem in problems]
+    print(report(remaining) if remaining else "all links resolve")
+    return 1 if remaining else 0
 
 
 if __name__ == "__main__":
-    all_problems = {document: check_document(PROJECT_ROOT, document) for document in DOCUMENTS}
-    if "--fix" in sys.argv[1:]:
-        for document, problems in all_problems.items():
-            if problems:
-                print(f"{document}: fixed {fix_document(PROJECT_ROOT, document, problems)} link(s)")
-        all_problems = {document: check_document(PROJECT_ROOT, document) for document in DOCUMENTS}
-    remaining = [problem for problems in all_problems.values() for problem in problems]
-    print(report(remaining) if remaining else "all links resolve")
-    sys.exit(1 if remaining else 0)
+    sys.exit(main())

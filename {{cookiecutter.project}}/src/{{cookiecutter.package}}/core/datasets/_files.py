@@ -1,7 +1,8 @@
 """Why torchvision's dataset files do not load: the first damaged or missing file, named with its fix.
 
-data.py calls `torchvision_error` when building a torchvision dataset fails, and `check_mnist_contents` after
-an MNIST-style dataset loaded (what torchvision does not check).
+_torchvision.py calls `files_error` when building a torchvision dataset fails, with the files of its layout
+(`mnist_files`, `cifar_files`), and `check_mnist_contents` after an MNIST-style dataset loaded (what torchvision does
+not check).
 """
 
 import os
@@ -11,7 +12,8 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from .errors import UserError
+from ..errors import UserError
+from . import OFFLINE_FALLBACK
 
 # Damaged or missing torchvision files. What torchvision 0.29 raises for them names neither the file nor the fix:
 # a damaged MNIST file gives a ValueError, AssertionError or RuntimeError while the dataset is built (or, for label
@@ -21,39 +23,50 @@ from .errors import UserError
 # microseconds). CIFAR-10's batches are pickles, and unpickling runs code: torchvision compares every batch's md5
 # with its own list before it unpickles any, and nothing here unpickles a file.
 RETRY = "put torchvision's file there, or set data.download=true on a machine with internet"
+BUNDLED = f"train on the bundled data with data={OFFLINE_FALLBACK}"
 GZIP_MAGIC = b"\x1f\x8b"
+# (file, its md5 or None, the function that finds its problem, (the archive it is extracted from, that one's md5))
+Files = list[tuple[Path, str | None, object, tuple[Path, str]]]
 
 
-def torchvision_error(
-    name: str, dataset_class: type, root: str, train: bool, download: bool, err: Exception
-) -> UserError | None:
-    """The UserError for `data=<name>`, whose torchvision dataset failed with `err`: the first damaged file, else
-    the missing ones (data.download=false) or the failed download. None when no file explains `err`."""
+def cifar_files(dataset_class: type, root: str) -> tuple[Path, Files]:
+    """The folder and files of a CIFAR-style dataset: one archive holds every batch file."""
     root_path = Path(os.path.expanduser(root)).absolute()  # torchvision expands ~ too
-    if hasattr(dataset_class, "train_list"):  # CIFAR-10: one archive holds every batch file
-        folder = root_path / dataset_class.base_folder
-        archive = (root_path / dataset_class.filename, dataset_class.tgz_md5)
-        files = [
-            (folder / file, md5, _pickle_problem, archive)
-            for file, md5 in [
-                *dataset_class.train_list,
-                *dataset_class.test_list,
-                (dataset_class.meta["filename"], dataset_class.meta["md5"]),
-            ]
-        ]
-    else:  # MNIST, FashionMNIST: one .gz per file, which torchvision extracts next to it
-        folder = root_path / dataset_class.__name__ / "raw"
-        images, labels = mnist_split_files(dataset_class, root, train)
-        if images == labels:  # torchvision read the processed/*.pt an old torchvision left, not the raw files
-            return UserError(
-                f"data={name}: {images} is not a dataset torch.load can read ({_one_line(err)}): "
-                f"delete {images.parent}, and torchvision reads the files of {folder} instead"
-            )
-        files = [
-            (folder / gz.removesuffix(".gz"), None, _idx_problem, (folder / gz, md5))
-            for gz, md5 in dataset_class.resources
-        ]
+    folder = root_path / dataset_class.base_folder
+    archive = (root_path / dataset_class.filename, dataset_class.tgz_md5)
+    batches = [*dataset_class.train_list, *dataset_class.test_list]
+    return folder, [
+        (folder / file, md5, _pickle_problem, archive)
+        for file, md5 in [*batches, (dataset_class.meta["filename"], dataset_class.meta["md5"])]
+    ]
 
+
+def mnist_files(dataset_class: type, root: str) -> tuple[Path, Files]:
+    """The folder and files of an MNIST-style dataset (MNIST, FashionMNIST): one .gz per file, which torchvision
+    extracts next to it."""
+    folder = Path(os.path.expanduser(root)).absolute() / dataset_class.__name__ / "raw"
+    return folder, [
+        (folder / gz.removesuffix(".gz"), None, _idx_problem, (folder / gz, md5)) for gz, md5 in dataset_class.resources
+    ]
+
+
+def legacy_mnist_error(name: str, dataset_class: type, root: str, train: bool, err: Exception) -> UserError | None:
+    """The processed/*.pt an old torchvision left, which torchvision read instead of the raw files and failed on."""
+    images, labels = mnist_split_files(dataset_class, root, train)
+    if images != labels:
+        return None
+    folder = Path(os.path.expanduser(root)).absolute() / dataset_class.__name__ / "raw"
+    return UserError(
+        f"data={name}: {images} is not a dataset torch.load can read ({_one_line(err)}): "
+        f"delete {images.parent}, and torchvision reads the files of {folder} instead"
+    )
+
+
+def files_error(
+    name: str, dataset_class: type, folder: Path, files: Files, download: bool, err: Exception
+) -> UserError | None:
+    """The UserError for `data=<name>`, whose torchvision dataset failed with `err`: the first damaged file of
+    `files`, else the missing ones (data.download=false) or the failed download. None when no file explains `err`."""
     archive_problems: dict[Path, tuple[str, str] | None] = {}
 
     def archive_problem(path: Path, md5: str) -> tuple[str, str] | None:  # hashed once, and only when needed
@@ -81,7 +94,7 @@ def torchvision_error(
         return UserError(
             f"data={name}: {what} the {dataset_class.__name__} files into {folder} failed "
             f"({_one_line(err)}): run on a machine with internet, put torchvision's files there "
-            f"yourself, or train on the bundled data with data=digits"
+            f"yourself, or {BUNDLED}"
         )
     if len(missing) == len(files):
         where = f"the {dataset_class.__name__} files are not in {folder}"
@@ -96,10 +109,7 @@ def torchvision_error(
             f"without the network"
         )
     else:
-        fix = (
-            "put torchvision's files there, set data.download=true on a machine with internet, or train on the "
-            "bundled data with data=digits"
-        )
+        fix = f"put torchvision's files there, set data.download=true on a machine with internet, or {BUNDLED}"
     return UserError(f"data={name}: {where} and data.download=false: {fix}")
 
 
@@ -114,13 +124,13 @@ def mnist_split_files(dataset_class: type, root: str, train: bool) -> tuple[Path
     return base / "raw" / f"{prefix}-images-idx3-ubyte", base / "raw" / f"{prefix}-labels-idx1-ubyte"
 
 
-def check_mnist_contents(name: str, dataset: Dataset, images: Path, labels: Path) -> None:
-    """What torchvision does not check in MNIST-style files it loaded: 28x28 images, one label per image, labels
-    that name a class (otherwise the first batch fails, in the model or in the loss)."""
+def check_mnist_contents(name: str, dataset: Dataset, images: Path, labels: Path, size: tuple[int, int]) -> None:
+    """What torchvision does not check in MNIST-style files it loaded: images of `size` (height, width), one label per
+    image, labels that name a class (otherwise the first batch fails, in the model or in the loss)."""
     data, targets, classes = dataset.data, dataset.targets, len(dataset.classes)
-    if tuple(data.shape[1:]) != (28, 28):
+    if tuple(data.shape[1:]) != tuple(size):
         raise UserError(
-            f"data={name}: {images} is not 28x28 images (its images are "
+            f"data={name}: {images} is not {'x'.join(map(str, size))} images (its images are "
             f"{'x'.join(map(str, data.shape[1:]))}): delete it and {RETRY}"
         )
     if len(targets) != len(data):
