@@ -9,6 +9,10 @@ variables, the files, the hooks), and before the environment renders anything it
 * refuses any value that holds a template marker and is not one of the template's own strings (cookiecutter.json),
   with one line naming the variable: given on the command line, typed at the prompt or read from a replay file,
   it is refused before a variable is rendered or a file is written;
+* refuses what a replay file (`cookiecutter --replay-file`) can say that the prompt and the command line cannot:
+  a choice outside its list, a non-boolean `include_tour`, a value that is not text, a variable the template does
+  not have, and any private key (`_copy_without_render`, `_extensions`, `_jinja2_env_vars`, ...) that is not
+  cookiecutter.json's own; cookiecutter uses a replay file's values as they are, unrendered and unchecked;
 * puts the environment under Jinja's sandbox rules: no attribute that starts with `_` (no `__globals__`,
   `__class__`, `__mro__`), no unsafe callables, should a marker ever get through.
 """
@@ -76,10 +80,16 @@ def template_strings(value: object) -> set[str]:
     return set()
 
 
-# The template's own expressions (the defaults of `project` and `package`): the only strings with markers allowed.
-TEMPLATE_EXPRESSIONS = {text for text in template_strings(json.loads(Path(__file__).with_name("cookiecutter.json")
-                                                                      .read_text()))
+TEMPLATE_CONTEXT = json.loads(Path(__file__).with_name("cookiecutter.json").read_text())
+# The template's own expressions (the defaults of `project` and `package`): the only strings with markers allowed,
+# and only before cookiecutter has rendered them.
+TEMPLATE_EXPRESSIONS = {text for text in template_strings(TEMPLATE_CONTEXT)
                         if any(marker in text for marker in TEMPLATE_MARKERS)}
+CHOICES = {key: value for key, value in TEMPLATE_CONTEXT.items() if isinstance(value, list) and not key.startswith("_")}
+BOOLEANS = {key for key, value in TEMPLATE_CONTEXT.items() if isinstance(value, bool)}
+TEXTS = {key for key, value in TEMPLATE_CONTEXT.items() if isinstance(value, str) and not key.startswith("_")}
+# Private keys that cookiecutter itself sets after it has read a replay file: whatever the file says is replaced.
+SET_BY_COOKIECUTTER = {"_template", "_output_dir", "_repo_dir", "_checkout"}
 
 
 # Modules the generated project imports, its dependencies import, or its layout uses: a package of the same name
@@ -111,9 +121,30 @@ DISTRIBUTION_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")  #
 EMAIL_ADDRESS = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
-def shown(value: str) -> str:
+def shown(value: object) -> str:
     """A value as an error message quotes it: in full, or its start and its length."""
-    return repr(value) if len(value) <= 60 else f"{value[:40]!r}... ({len(value)} characters)"
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    if len(text) <= 60:
+        return repr(value) if isinstance(value, str) else text
+    return f"{text[:40]!r}... ({len(text)} characters)"
+
+
+JSON_TYPES = {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object",
+              type(None): "null"}
+
+
+def type_problem(key: str, value: object) -> str | None:
+    """What is wrong with the kind of one value (as a replay file can give any JSON value), or None."""
+    if key in CHOICES:
+        if not isinstance(value, str) or value not in CHOICES[key]:
+            return f"is not one of {', '.join(CHOICES[key])}"
+    elif key in BOOLEANS:
+        if not isinstance(value, bool):
+            return "is not true or false (a JSON boolean in a replay file)"
+    elif key in TEXTS:
+        if not isinstance(value, str):
+            return f"is {JSON_TYPES.get(type(value), 'not text')}, not text: give a string"
+    return None
 
 
 def problem(key: str, value: str) -> str | None:
@@ -147,35 +178,77 @@ def problem(key: str, value: str) -> str | None:
     return None
 
 
-def check_values(values: dict) -> None:
-    """Refuse the first bad value with one line. The template's own expressions (defaults in cookiecutter.json that
-    cookiecutter renders later) are not values yet: they are checked once rendered."""
+def check_private_keys(values: dict) -> None:
+    """A private key (`_...`) steers how cookiecutter renders (`_extensions`, `_copy_without_render`,
+    `_jinja2_env_vars`, ...): only cookiecutter.json's own are taken, never one a replay file adds or changes."""
     for key, value in values.items():
-        if key.startswith("_") or not isinstance(value, str) or value in TEMPLATE_EXPRESSIONS:
+        if key.startswith("_") and key not in SET_BY_COOKIECUTTER and TEMPLATE_CONTEXT.get(key, ...) != value:
+            raise RefusedValue(
+                f"error: {key} {shown(value)} is not this template's own {key} (cookiecutter.json): keys that start "
+                "with '_' steer how the template renders and cannot be set; remove it from the replay file"
+            )
+
+
+def derived_from(key: str, value: str, originals: dict) -> str | None:
+    """The variable `key`'s value was derived from (project from project_name, package from project), when the
+    template rendered it from its own expression: None if the user gave it."""
+    if originals.get(key) not in TEMPLATE_EXPRESSIONS or value == originals.get(key):
+        return None
+    if key == "package" and originals.get("project") not in TEMPLATE_EXPRESSIONS:
+        return "project"
+    return "project_name"
+
+
+def check_values(values: dict, originals: dict | None = None, rendered: bool = False) -> None:
+    """Refuse the first bad value with one line. Before cookiecutter renders the variables, the template's own
+    expressions (the defaults of `project` and `package` in cookiecutter.json) are not values yet; once `rendered`
+    (or read from a replay file, which cookiecutter never renders), every value must be plain. `originals` are the
+    values before rendering (cookiecutter's `_cookiecutter`): a refused name that the template derived is
+    reported as the name the user gave, which is what needs changing."""
+    originals = originals or {}
+    check_private_keys(values)
+    for key, value in values.items():
+        if key.startswith("_"):
+            continue
+        if key not in TEMPLATE_CONTEXT:
+            raise RefusedValue(f"error: {key} is not a variable of this template (cookiecutter.json): remove it")
+        message = type_problem(key, value) if rendered else None  # before, the choices are still their lists
+        if message:
+            raise RefusedValue(f"error: {key} {shown(value)} {message}")
+        if not isinstance(value, str) or (value in TEMPLATE_EXPRESSIONS and not rendered):
             continue
         message = problem(key, value)
+        source = derived_from(key, value, originals) if key in ("project", "package") else None
+        if message and source:
+            other = "project" if key == "package" else "package"
+            raise RefusedValue(
+                f"error: {source} {shown(values.get(source))} gives no usable {key} name: {shown(value)}, derived "
+                f"from it, {message}; pass {key}=<name> (and {other}=<name>) as well"
+            )
         if message:
             raise RefusedValue(f"error: {key} {shown(value)} {message}")
 
 
 @simple_filter
-def refused_value(values: dict) -> str:
-    """The error line for the first value of `values` that breaks its rule, or "" (hooks/pre_gen_project.py)."""
+def refused_value(values: dict, originals: dict | None = None) -> str:
+    """The error line for the first value of `values` that breaks its rule, or "" (hooks/pre_gen_project.py, which
+    cookiecutter renders once the values are: `originals` is its `_cookiecutter`, the values before rendering)."""
     try:
-        check_values(dict(values))
+        check_values(dict(values), dict(originals or {}), rendered=True)
     except RefusedValue as refused:
         return str(refused)
     return ""
 
 
 def context_being_loaded() -> dict:
-    """The values of the context cookiecutter is making this environment for: the `context` argument of its
-    create_env_with_context / StrictEnvironment, found up the stack ({} if this cookiecutter passes none)."""
+    """The context cookiecutter is making this environment for ({"cookiecutter": values, "_cookiecutter": values
+    before rendering, ...}): the `context` argument of its create_env_with_context / StrictEnvironment, found up
+    the stack ({} if this cookiecutter passes none)."""
     frame = sys._getframe(1)
     while frame is not None:
         context = frame.f_locals.get("context")
         if isinstance(context, dict) and isinstance(context.get("cookiecutter"), dict):
-            return context["cookiecutter"]
+            return context
         frame = frame.f_back
     return {}
 
@@ -185,7 +258,11 @@ class Sandboxed(Extension):
 
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
-        check_values(context_being_loaded())
+        context = context_being_loaded()
+        values = context.get("cookiecutter", {})
+        # cookiecutter adds _template (and _output_dir, ...) once the values are final: prompted and rendered, or
+        # read from a replay file, which it never renders.
+        check_values(values, context.get("_cookiecutter"), rendered="_template" in values)
         if not isinstance(environment, SandboxedEnvironment):
             # cookiecutter builds its own StrictEnvironment: give this one the sandbox's methods (getattr, call,
             # is_safe_attribute, ...) and the compiler's `sandboxed` flag, as SandboxedEnvironment.__init__ would.

@@ -34,14 +34,15 @@ PACKAGE_FILES = {f"src/pytorch_intro/{name}.py" for name in (
                                        "prediction", "serving", "worker")),
 )}
 TEST_FILES = {f"tests/{name}.py" for name in (
-    "conftest", "datasets_on_disk", "in_process",
+    "conftest", "datasets_on_disk", "in_process", "workflows/hostile_files",
     "test_benchmark", "test_configs", "test_doctor", "test_experiments", "test_layers", "test_tooling",
     "core/test_add_a_dataset", "core/test_add_a_model", "core/test_data", "core/test_tensor_loader",
-    *(f"engines/test_{name}" for name in ("debug", "engines", "lightning_parity", "parity", "raw_engine",
+    *(f"engines/test_{name}" for name in ("debug", "engines", "lightning_parity", "parity", "random_parity", "raw_engine",
                                           "raw_startup", "token_inputs")),
-    "run/test_ddp", "run/test_kill", "run/test_outputs", "run/test_validation",
+    "run/test_ddp", "run/test_kill", "run/test_outputs", "run/test_run_folders", "run/test_validation",
     "watching/test_loggers", "watching/test_tensorboard", "watching/test_tensorboard_browser",
-    *(f"workflows/test_{name}" for name in ("compare", "evaluate", "export", "predict", "search", "serve")),
+    *(f"workflows/test_{name}" for name in ("compare", "evaluate", "export", "hostile_files", "predict", "search",
+                                          "serve")),
 )}
 CONFIG_FILES = {f"configs/{name}.yaml" for name in (
     "train", "eval", "compare", "export", "predict", "serve", "search",

@@ -13,7 +13,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from {{ cookiecutter.package }}.run.rundir import register_resolvers, remove_refused_run
+from {{ cookiecutter.package }}.run.rundir import (
+    check_new_run_folder,
+    register_resolvers,
+    remove_refused_run,
+    resumed_config_kept_on_failure,
+)
 
 register_resolvers()  # hydra.run.dir: a new timestamped folder (configs/eval.yaml)
 
@@ -26,7 +31,10 @@ def main(cfg: DictConfig) -> float:
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        metrics = evaluate(cfg, run_dir, overrides=list(HydraConfig.get().overrides.task))
+        # A folder of its own (hydra.run.dir may name an existing run): refused there, its .hydra/ stays.
+        with resumed_config_kept_on_failure(run_dir):
+            check_new_run_folder(run_dir, "evaluate.py")
+            metrics = evaluate(cfg, run_dir, overrides=list(HydraConfig.get().overrides.task))
     except UserError as err:
         remove_refused_run(run_dir, Path(cfg.paths.log_dir))  # a refused evaluation leaves no folder behind
         if os.environ.get("HYDRA_FULL_ERROR") == "1":

@@ -29,4 +29,7 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    from {{ cookiecutter.package }}.workflows.hparam_search import quote_train_argument
+
+    sys.argv[1:] = quote_train_argument(sys.argv[1:])  # train='engine=raw ...' as the shell hands it over
     main()

@@ -6,6 +6,7 @@ Needs the serve extra: pip install -e ".[serve]".
 """
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -35,4 +36,10 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C: the server has finished its requests and closed (or was still starting)
+        print("serve.py stopped (Ctrl-C)", file=sys.stderr, flush=True)
+        # Ended by the signal, as an interrupted program ends (status 130 in a shell, so that a script stops too)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGINT)

@@ -6,12 +6,13 @@ import contextlib
 import io
 import json
 import math
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CONFIG_DIR, compose_train
-from datasets_on_disk import make_cifar, make_files
+from conftest import CONFIG_DIR, compose_train, run_train
+from datasets_on_disk import make_cifar, make_files, make_mnist
 
 from {{ cookiecutter.package }}.core import datasets, task
 from {{ cookiecutter.package }}.core.data import Augmented, DataPipeline
@@ -57,6 +58,42 @@ def test_a_sweep_over_glob_runs_every_experiment():
     loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONFIG_DIR)))
     [override] = OverridesParser.create(config_loader=loader).parse_overrides(["experiment=glob(*)"])
     assert list(override.sweep_string_iterator()) == EXPERIMENTS
+
+
+@pytest.mark.slow
+def test_the_glob_sweep_runs_every_recipe_it_can_and_names_each_one_it_cannot(tmp_path):
+    """`python train.py -m 'experiment=glob(*)'` (the README's line) with MNIST's files only and no download: the
+    recipes whose data is there (and whose device, for cifar10 trainer=gpu) run; each other one is one `skipped`
+    line naming why, leaves no folder, and the sweep goes on to the end, successfully (it stopped at the first)."""
+    make_mnist(tmp_path / "data")
+    tiny = ["trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1"]
+    result = run_train(
+        tmp_path / "logs",
+        "-m",
+        "experiment=glob(*)",
+        "engine=raw",
+        *tiny,
+        "trainer.limit_test_batches=1",
+        f"data.root={tmp_path / 'data'}",
+        "data.download=false",
+        "data.num_workers=0",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Traceback" not in result.stdout + result.stderr
+    skipped = {
+        match.group(1): line
+        for line in result.stdout.splitlines()
+        if (match := re.match(r"skipped experiment=(\w+): ", line))
+    }
+    assert set(skipped) == {"cifar10", "fashion_mnist"}, result.stdout
+    assert "the FashionMNIST files are not in" in skipped["fashion_mnist"], skipped
+    trained = {json.loads(m.read_text())["tags"][0] for m in (tmp_path / "logs").rglob("metrics.json")}
+    assert trained == set(EXPERIMENTS) - set(skipped)
+    [sweep] = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    assert len([job for job in sweep.iterdir() if job.is_dir()]) == len(trained)  # a skipped job leaves no folder
 
 
 def test_no_experiment_leaves_the_defaults_as_they_were():

@@ -325,6 +325,32 @@ def test_a_crashed_rank_stops_the_whole_run_with_its_error(log_dir, engine):
     assert (state["progress"]["epoch"] if engine == "raw" else state["epoch"] + 1) == 1
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_rank_that_fails_before_any_checkpoint_keeps_the_log_its_error_names(log_dir, engine):
+    """The error line names the failed rank's log: the failed (not refused) run's folder keeps it, with the
+    traceback (it went with the folder, removed as if the run had been refused)."""
+    result = run_train(
+        log_dir, f"engine={engine}", *DDP_RUN, "+debug.fail_rank=1", "+debug.fail_step=1", timeout=DEADLINE_S
+    )
+    assert result.returncode == 1, explain(result, log_dir)
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    named = re.search(r"\(its traceback: (\S+)\)", error)
+    assert named and "no checkpoint was written before it" in error, error
+    assert "Traceback" in Path(named.group(1)).read_text() and "fails on purpose at step 1" in error
+
+
+def test_wandb_under_ddp_logs_from_rank_0_and_the_other_ranks_do_nothing(log_dir):
+    """logger=wandb trainer=ddp_cpu engine=lightning: rank 1 crashed saving W&B's run id, which its dummy
+    experiment (Lightning's, on ranks > 0) does not have. One W&B run, by rank 0."""
+    pytest.importorskip("wandb", reason="the wandb extra: pip install -e '.[wandb]'")
+    result = run_train(log_dir, "engine=lightning", *DDP_RUN, "logger=wandb", timeout=DEADLINE_S)
+    assert result.returncode == 0, explain(result, log_dir)
+    (run_dir,) = run_dirs(log_dir, "lightning")
+    run_id = (run_dir / "wandb_run_id").read_text().strip()
+    assert re.fullmatch(r"[a-z0-9]+", run_id), run_id
+    assert [p.name.rsplit("-", 1)[-1] for p in (run_dir / "wandb").glob("offline-run-*")] == [run_id]
+
+
 def test_under_torchrun_train_py_is_the_worker_and_launches_nothing(log_dir):
     torchrun = ("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2")  # --standalone: a free port
     result = run_train(log_dir, "engine=raw", *DDP_RUN, python_flags=torchrun, timeout=DEADLINE_S)

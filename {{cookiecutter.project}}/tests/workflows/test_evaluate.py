@@ -224,3 +224,37 @@ def test_every_global_preset_group_is_refused():
     }
     assert global_groups == set(TRAINING_PRESETS)
     check_no_training_preset(["debug=none", "experiment=null", "debug.detect_anomaly=true", "data.batch_size=8"])
+
+
+@pytest.fixture(scope="module")
+def raw_run(tmp_path_factory) -> Path:
+    """A short engine=raw run, trained in this process (its checkpoints hold its config)."""
+    from in_process import train
+
+    run_dir = tmp_path_factory.mktemp("raw_run")
+    train("raw", run_dir, ["trainer.max_epochs=1", "logger=none"])
+    return run_dir
+
+
+@pytest.mark.parametrize("logger", ["none", "csv", "[tensorboard,csv]"])
+def test_evaluate_takes_the_logger_choices_of_train_py(raw_run, tmp_path, logger):
+    """logger=none, csv, ... as in train.py (evaluate.py refused all but TensorBoard): each engine's evaluation
+    logs the same test/* row to the chosen loggers, and TensorBoard events only when TensorBoard is chosen."""
+    from {{ cookiecutter.package }}.watching.loggers import read_csv
+
+    rows = {}
+    for engine in ENGINES:
+        overrides = [f"paths.log_dir={tmp_path / 'logs'}", f"logger={logger}", f"engine={engine}"]
+        run = tmp_path / engine
+        run.mkdir()
+        metrics = evaluate(
+            compose_eval([*overrides, f"ckpt_path={raw_run / 'checkpoints' / 'best.ckpt'}"]), run, overrides
+        )
+        assert (run / "tensorboard").is_dir() == ("tensorboard" in logger), engine
+        assert (run / "csv").is_dir() == ("csv" in logger), engine
+        if "csv" in logger:
+            [row] = read_csv(run / "csv" / "metrics.csv")
+            assert float(row["test/acc"]) == metrics["test/acc"] and row["step"] == "0", row
+            assert "engine: " in (run / "csv" / "hparams.yaml").read_text()
+            rows[engine] = row
+    assert rows.get("raw") == rows.get("lightning")

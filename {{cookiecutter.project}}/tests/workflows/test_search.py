@@ -4,6 +4,7 @@ line before any trial."""
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -17,7 +18,8 @@ from hydra import compose, initialize_config_dir
 from optuna.trial import TrialState
 
 from {{ cookiecutter.package }}.core.errors import UserError
-from {{ cookiecutter.package }}.workflows.hparam_search import check_space
+from {{ cookiecutter.package }}.workflows.hparam_search import check_space, quote_train_argument
+from {{ cookiecutter.package }}.workflows.hparam_search import search as run_search
 
 TRIAL = (
     "trainer.max_epochs=1 trainer.limit_train_batches=3 trainer.limit_val_batches=2 trainer.limit_test_batches=2 "
@@ -96,3 +98,77 @@ def test_a_bad_search_space_is_one_line(params, message):
         compose(config_name="search")  # the search app's own config composes
         with pytest.raises(UserError, match=message):
             check_space(OmegaConf.create(params), ["engine=raw"])
+
+
+def readme_search_line() -> list[str]:
+    """The README's search example, split as the shell splits it (its comment off)."""
+    [line] = [
+        line for line in (PROJECT_ROOT / "README.md").read_text().splitlines() if line.startswith("python search.py")
+    ]
+    return shlex.split(line, comments=True)
+
+
+@pytest.mark.slow
+def test_the_readmes_search_line_works_as_printed(tmp_path):
+    """`python search.py n_trials=20 train='engine=raw'`: the shell hands Hydra `train=engine=raw`, which its
+    grammar refused. Run as printed, with one trial and a tiny run added to the line's own train value."""
+    python, script, *arguments = readme_search_line()
+    assert (python, script) == ("python", "search.py") and "n_trials=20" in arguments
+    arguments = ["n_trials=1" if a == "n_trials=20" else a for a in arguments]
+    arguments = [f"{a} {TRIAL}" if a.startswith("train=") else a for a in arguments]  # still unquoted for Hydra
+    run = search(tmp_path, *arguments)
+    output = run.communicate(timeout=900)[0]
+    assert run.returncode == 0, output
+    [trial] = study_of(tmp_path).get_trials(states=(TrialState.COMPLETE,))
+    engine = next(a for a in shlex.split(dict(a.split("=", 1) for a in arguments)["train"]) if a.startswith("engine="))
+    assert json.loads((Path(trial.user_attrs["run_dir"]) / "metrics.json").read_text())["engine"] == engine[7:]
+
+
+@pytest.mark.parametrize(
+    ("typed", "value"),
+    [
+        ("train=engine=raw data=mnist", "engine=raw data=mnist"),  # train='engine=raw data=mnist' in the shell
+        ("train='engine=raw tags=[a,b]'", "engine=raw tags=[a,b]"),  # already quoted for Hydra: as it is
+        ("train=tags=[it's] x=a\\", "tags=[it's] x=a\\"),  # quotes and backslashes survive
+        ("train=", ""),
+        ("n_trials=3", 3),  # other keys: untouched
+    ],
+)
+def test_the_train_value_reaches_hydra_as_typed(typed, value):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    [argument] = quote_train_argument([typed])
+    assert OverridesParser.create().parse_override(argument).value() == value
+
+
+# Stands in for train.py (search() takes the script to run): a run whose metrics.json has no score in trial 0 (as
+# under debug=fdr) and 0.5 after.
+SCORELESS_THEN_SCORED = """
+import json, pathlib, sys
+arguments = dict(a.split("=", 1) for a in sys.argv[1:])
+run_dir = pathlib.Path(arguments["paths.log_dir"]) / "train" / "raw" / "run"
+run_dir.mkdir(parents=True)
+score = None if arguments["tags"].endswith("trial-0]") else 0.5
+(run_dir / "metrics.json").write_text(json.dumps({"best_score": score, "run_dir": str(run_dir)}))
+"""
+
+
+def test_a_trial_without_a_score_is_one_line_and_the_study_goes_on(tmp_path, capsys):
+    train_script = tmp_path / "train.py"
+    train_script.write_text(SCORELESS_THEN_SCORED)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="search", overrides=["n_trials=2", "train='engine=raw debug=fdr'"])
+        best = run_search(cfg, tmp_path, train_script)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("trial 0: no score: its run (") and "debug=fdr" in lines[0]
+    assert lines[1].startswith("trial 1: val/acc=0.5000") and len(lines) == 3  # and the best's line
+    assert (best["trial"], best["value"], best["trials"]) == (1, 0.5, 1)
+
+
+def test_a_study_whose_trials_all_end_without_a_score_is_one_line(tmp_path):
+    train_script = tmp_path / "train.py"
+    train_script.write_text(SCORELESS_THEN_SCORED.replace('endswith("trial-0]")', 'startswith("[search")'))
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="search", overrides=["n_trials=2", "train='engine=raw debug=fdr'"])
+        with pytest.raises(UserError, match=r"^no trial of study default completed: see "):
+            run_search(cfg, tmp_path, train_script)

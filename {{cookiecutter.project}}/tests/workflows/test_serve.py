@@ -1,10 +1,13 @@
 """serve.py: a real HTTP server on a free loopback port, asked with a real HTTP client. Its answers are predict.py's,
-concurrent requests are all answered (and batched), and each hostile request gets a 4xx with a clear message while
-the server goes on serving."""
+concurrent requests are all answered (and batched), each hostile request gets a 4xx with a clear message while the
+server goes on serving, slow and idle clients are dropped within the timeouts, and Ctrl-C ends it in one line."""
 
+import http.client
 import io
 import json
 import queue
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,13 +22,17 @@ import pytest
 from conftest import PROJECT_ROOT, run_dirs
 from omegaconf import OmegaConf
 
+from {{ cookiecutter.package }}.core.errors import UserError
 from {{ cookiecutter.package }}.workflows.prediction import predict
+from {{ cookiecutter.package }}.workflows.serving import serve
 
 pytest.importorskip("fastapi", reason='the serve extra: pip install -e ".[serve]"')
 pytest.importorskip("uvicorn", reason='the serve extra: pip install -e ".[serve]"')
 
 START_DEADLINE_S = 300  # only a server that hangs reaches it: it prints its address once it has loaded the model
 MAX_BODY_BYTES = 20_000
+TIMEOUT_S = 1.0  # the module server's header_timeout_s, body_timeout_s and keep_alive_s
+MARGIN_S = 5.0  # how late after its timeout a slow client may be dropped (a loaded machine)
 pytestmark = pytest.mark.slow
 
 
@@ -40,7 +47,8 @@ class Server:
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.output: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
         self.url = self._address(started + START_DEADLINE_S)
         # Ready once /health answers: the deadline scales with how long the process took to get this far.
         self._wait_healthy(time.monotonic() + max(30.0, 5 * (time.monotonic() - started)))
@@ -113,11 +121,13 @@ def server(model_path, tmp_path_factory):
         f"max_body_bytes={MAX_BODY_BYTES}",
         "max_wait_ms=200",
         "max_batch_size=32",
+        *(f"{key}={TIMEOUT_S}" for key in ("header_timeout_s", "body_timeout_s", "keep_alive_s")),
     )
     try:
         yield server
     finally:
         server.stop()
+    assert "Traceback" not in "".join(server.output)  # no request, however hostile, logged one
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +204,24 @@ HOSTILE = {
     "out of range": (json.dumps([[2.5] * 8] * 8).encode(), "application/json", 400, "holds floats outside [0, 1]"),
     "malformed JSON": (b"[[0.1, 0.2", "application/json", 400, "the body is not valid JSON"),
     "a JSON object": (b'{"image": 1}', "application/json", 400, "the JSON body is a dict"),
+    "a form without a file": (
+        b'--b0\r\nContent-Disposition: form-data; name="image"\r\n\r\n3\r\n--b0--\r\n',
+        "multipart/form-data; boundary=b0",
+        400,
+        "the form holds no file, only fields: send curl --data-binary @digit.png",
+    ),
+    "a form without its boundary": (
+        b"--b0\r\n\r\n",
+        "multipart/form-data",
+        400,
+        "the multipart/form-data body is malformed",
+    ),
+    "curl -d @digit.png": (
+        b"\x89PNG\x1a\x00\x00\x00\x0dIHDR",  # what is left of a PNG file once curl -d drops its line breaks
+        "application/x-www-form-urlencoded",
+        400,
+        'drops the file\'s line breaks: send curl --data-binary @digit.png -H "Content-Type: image/png"',
+    ),
 }
 
 
@@ -205,6 +233,205 @@ def test_a_hostile_request_gets_a_4xx_and_the_server_goes_on(case, server, digit
     status, answer = post(f"{server.url}/predict", digit_inputs["pngs"][0].read_bytes())  # the next one
     assert status == 200
     same_answer(answer, predicted[str(digit_inputs["pngs"][0])])
+
+
+def form(*files: tuple[str, bytes]) -> tuple[bytes, str]:
+    """A multipart/form-data body as `curl -F file=@<name>` sends it, with its Content-Type."""
+    boundary = "------------------------d74496d66958873e"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file{index}"; filename="{name}"\r\n'
+        "Content-Type: image/png\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+        for index, (name, data) in enumerate(files)
+    ]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_a_form_upload_gets_predict_pys_answers(server, digit_inputs, predicted):
+    first, second = digit_inputs["pngs"][:2]
+    status, answer = post(f"{server.url}/predict", *form((first.name, first.read_bytes())))
+    assert status == 200, answer
+    same_answer(answer, predicted[str(first)])
+    status, answer = post(f"{server.url}/predict", *form(*((png.name, png.read_bytes()) for png in (first, second))))
+    assert status == 200 and len(answer["predictions"]) == 2, answer
+    for one, png in zip(answer["predictions"], (first, second), strict=True):
+        same_answer(one, predicted[str(png)])
+    status, answer = post(f"{server.url}/predict", *form(("digit.png", b"not a png")))
+    assert status == 400 and answer["error"].startswith("the file 'digit.png' is not an image file"), answer
+
+
+def connect(server: "Server") -> socket.socket:
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=30)
+
+
+def until_closed(sock: socket.socket, opened: float, deadline_s: float) -> tuple[bytes, float]:
+    """What the server sends until it closes the connection, and when it closed it (seconds after `opened`)."""
+    chunks = []
+    while True:
+        sock.settimeout(max(0.01, opened + deadline_s - time.monotonic()))
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            pytest.fail(f"the connection was still open after {deadline_s} s")
+        if not chunk:
+            return b"".join(chunks), time.monotonic() - opened
+        chunks.append(chunk)
+
+
+def refusal(raw: bytes) -> tuple[int, str]:
+    """The status and {"error"} of a whole HTTP response."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in head.lower(), raw[:500]
+    return int(head.split()[1]), json.loads(body)["error"]
+
+
+def dribble(sock: socket.socket, data: bytes, stop: threading.Event) -> None:
+    """Sends `data` one byte every 0.1 s until done, stopped or dropped."""
+    try:
+        for byte in data:
+            if stop.is_set():
+                return
+            sock.sendall(bytes([byte]))
+            time.sleep(0.1)
+    except OSError:  # the server closed the connection: what a slow client gets
+        pass
+
+
+def test_slow_and_idle_clients_are_dropped_within_the_timeouts_while_others_are_served(server, digit_inputs, predicted):
+    headers = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n"
+    kinds = {  # what each slow client sends at once, what it dribbles then, and the answer it gets
+        "idle": (b"", b"", None),
+        "headers, then nothing": (headers, b"", "header_timeout_s=1.0"),
+        "headers, a byte at a time": (b"", headers + b"\r\n", "header_timeout_s=1.0"),
+        "a body, then nothing": (headers + b"\r\n" + b"\0" * 10, b"", "body_timeout_s=1.0"),
+        "a body, a byte at a time": (headers + b"\r\n", b"\0" * 1000, "body_timeout_s=1.0"),
+    }
+    stop, clients, readers = threading.Event(), [], ThreadPoolExecutor(max_workers=20)
+    try:
+        for kind, (at_once, dribbled, _) in [item for item in kinds.items() for _ in range(4)]:
+            sock = connect(server)
+            opened = time.monotonic()
+            sock.sendall(at_once)
+            threading.Thread(target=dribble, args=(sock, dribbled, stop), daemon=True).start()
+            clients.append((kind, sock, readers.submit(until_closed, sock, opened, TIMEOUT_S + MARGIN_S)))
+        png = digit_inputs["pngs"][0]
+        for _ in range(5):  # the others are served meanwhile
+            status, answer = post(f"{server.url}/predict", png.read_bytes())
+            assert status == 200
+            same_answer(answer, predicted[str(png)])
+        for kind, _, closed in clients:
+            raw, closed_after = closed.result()
+            assert closed_after >= TIMEOUT_S * 0.9, kind  # not before its time either
+            expected = kinds[kind][2]
+            if expected is None:
+                assert raw == b"", kind  # a connection that sent nothing is closed without an answer
+            else:
+                status, message = refusal(raw)
+                assert status == 408 and expected in message, (kind, message)
+    finally:
+        stop.set()
+        readers.shutdown(wait=False)
+        for _, sock, _ in clients:
+            sock.close()
+
+
+def test_a_kept_alive_connection_is_closed_once_idle(server):
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.request("GET", "/health")
+    response = connection.getresponse()
+    assert response.status == 200 and json.loads(response.read())["status"] == "ok"
+    answered = time.monotonic()
+    raw, closed_after = until_closed(connection.sock, answered, TIMEOUT_S + MARGIN_S)
+    assert raw == b"" and closed_after >= TIMEOUT_S * 0.9
+    connection.close()
+
+
+FIFTY_MB = 50_000_000
+RAW_HOSTILE = {  # sent as they are, the way no HTTP library would: (head, what follows, status, message)
+    "a 50 MB header": (
+        b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ",
+        b"a" * FIFTY_MB,
+        431,
+        "the request line and headers are over max_header_bytes=16384 bytes",
+    ),
+    "a 50 MB body": (
+        f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: {FIFTY_MB}\r\n\r\n".encode(),
+        b"\0" * FIFTY_MB,
+        413,
+        f"the body is over max_body_bytes={MAX_BODY_BYTES} bytes",
+    ),
+    "a chunked body over the limit": (
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"".join(b"1000\r\n" + b"\0" * 0x1000 + b"\r\n" for _ in range(40)) + b"0\r\n\r\n",
+        413,
+        f"the body is over max_body_bytes={MAX_BODY_BYTES} bytes",
+    ),
+    "not HTTP": (b"HELLO\r\n\r\n", b"", 400, "the request is not valid HTTP/1.1"),
+    "another path": (b"GET /admin HTTP/1.1\r\nHost: x\r\n\r\n", b"", 404, "Not Found: GET /admin; POST /predict"),
+    "another method": (b"GET /predict HTTP/1.1\r\nHost: x\r\n\r\n", b"", 405, "Method Not Allowed: GET /predict"),
+}
+
+
+@pytest.mark.parametrize("case", RAW_HOSTILE)
+def test_a_hostile_connection_gets_its_status_in_json_not_a_reset(case, server, digit_inputs, predicted):
+    head, rest, expected_status, message = RAW_HOSTILE[case]
+    with connect(server) as sock:
+        # All of it first, then the answer, as most clients do: a server that closes without reading the rest
+        # resets the connection (BrokenPipeError or ConnectionResetError here), and its answer is lost.
+        sock.sendall(head + rest)
+        raw = b""
+        while b"\r\n\r\n" not in raw or len(raw.partition(b"\r\n\r\n")[2]) < int(
+            raw.lower().partition(b"content-length: ")[2].split(b"\r\n")[0]
+        ):
+            chunk = sock.recv(65536)
+            assert chunk, raw
+            raw += chunk
+    status, error = refusal(raw)
+    assert status == expected_status and message in error, error
+    status, answer = post(f"{server.url}/predict", digit_inputs["pngs"][0].read_bytes())  # the next one
+    assert status == 200
+    same_answer(answer, predicted[str(digit_inputs["pngs"][0])])
+
+
+def test_a_client_that_leaves_mid_body_and_ctrl_c_end_quietly(model_path, digit_inputs, tmp_path):
+    server = Server(tmp_path / "logs", f"model_path={model_path}", "max_wait_ms=0")
+    try:
+        png = digit_inputs["pngs"][0].read_bytes()
+        for _ in range(3):  # leaves after a part of its body
+            with connect(server) as sock:
+                sock.sendall(f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: {len(png)}\r\n\r\n".encode())
+                sock.sendall(png[:10])
+        status, _ = post(f"{server.url}/predict", png)
+        assert status == 200
+        server.process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        server.process.wait(timeout=30)
+    finally:
+        server.stop()
+    server.reader.join(timeout=30)  # until the end of its output
+    output = "".join(server.output)
+    assert "Traceback" not in output and "Exception" not in output, output
+    after_start = output.split("Ctrl-C stops\n", 1)[1].splitlines()
+    assert after_start == ["serve.py stopped (Ctrl-C)"], output  # one line
+    assert server.process.returncode == -signal.SIGINT  # ended by the signal: 130 in a shell, as a server ends
+
+
+@pytest.mark.parametrize(
+    "key, value, accepted",
+    [
+        ("header_timeout_s", 0, "a number above 0"),
+        ("body_timeout_s", -1, "a number above 0"),
+        ("keep_alive_s", "soon", "a number above 0"),
+        ("max_header_bytes", 0.5, "a whole number"),
+    ],
+)
+def test_a_bad_timeout_or_limit_is_one_line(key, value, accepted):
+    cfg = OmegaConf.load(PROJECT_ROOT / "configs" / "serve.yaml")
+    cfg[key] = value
+    with pytest.raises(UserError, match=rf"^{key}=.* is not valid: {accepted}"):
+        serve(cfg)  # refused before it loads anything
 
 
 def test_a_checkpoint_is_served_as_predict_py_predicts_it(short_runs, digit_inputs, tmp_path):

@@ -58,11 +58,13 @@ def accuracy(num_classes: int) -> "MulticlassAccuracy":
 
 @dataclass
 class Schedule:
-    """A scheduler and how to drive it: after every optimizer `step` or every `epoch`, reading `monitor`."""
+    """A scheduler and how to drive it: after every optimizer `step` or every `epoch`, reading `monitor`; an epoch
+    scheduler steps after every `frequency`-th epoch (Lightning's lr_scheduler "frequency")."""
 
     scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
     interval: str
     monitor: str | None
+    frequency: int = 1
 
 
 def configure_optimizers(
@@ -86,9 +88,31 @@ def configure_optimizers(
         kwargs["total_steps"] = total_steps
     check_one_cycle(factory, total_steps)
     scheduler = factory(optimizer, **kwargs)
-    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and not monitor:
+    if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        return optimizer, Schedule(scheduler, interval, monitor)
+    if not monitor:
         raise UserError("scheduler=plateau needs scheduler.monitor, the metric it reads (e.g. val/loss)")
-    return optimizer, Schedule(scheduler, interval, monitor)
+    check_plateau_interval(interval)
+    # It reads a validation's metric: it steps after the epochs that validate, none of the others.
+    return optimizer, Schedule(scheduler, interval, monitor, frequency=cfg.trainer.get("check_val_every_n_epoch", 1))
+
+
+def check_schedule(scheduler_cfg: DictConfig | None) -> None:
+    """What configure_optimizers refuses of the schedule's driver keys, checked from the config alone (before any
+    data or model is built: launch.check_config)."""
+    target = str((scheduler_cfg or {}).get("_target_") or "")
+    if target.rsplit(".", 1)[-1] == "ReduceLROnPlateau":
+        check_plateau_interval(scheduler_cfg.get("interval", "epoch"))
+
+
+def check_plateau_interval(interval: str) -> None:
+    """ReduceLROnPlateau compares validation metrics: stepped after every optimizer step it would read a metric
+    that no validation has logged yet (Lightning raises a MisconfigurationException mid-run). Refused by name."""
+    if interval != "epoch":
+        raise UserError(
+            f"scheduler.interval={interval} with scheduler=plateau is not valid: ReduceLROnPlateau reads a "
+            "validation metric, so it steps once per epoch (scheduler.interval=epoch)"
+        )
 
 
 def check_one_cycle(factory: functools.partial, total_steps: int) -> None:

@@ -165,6 +165,7 @@ class Classifier(L.LightningModule):
                 "scheduler": schedule.scheduler,
                 "interval": schedule.interval,
                 "monitor": schedule.monitor,
+                "frequency": schedule.frequency,
             },
         }
 

@@ -381,8 +381,9 @@ def should_check_val(trainer: Trainer) -> bool:
 
 def on_train_epoch_end(trainer: Trainer, epoch_started: float) -> None:
     """After validation: the epoch-interval scheduler, the epoch's time, ModelCheckpoint's saves, the console line."""
-    if trainer.schedule and trainer.schedule.interval == "epoch":
-        lr_scheduler_step(trainer.schedule, trainer.val_metrics)
+    schedule = trainer.schedule
+    if schedule and schedule.interval == "epoch" and (trainer.current_epoch + 1) % schedule.frequency == 0:
+        lr_scheduler_step(schedule, trainer.val_metrics)
     # Training and validation; the checkpoint writes below are outside it, as in Lightning's EpochTimer.
     trainer.epoch_times.append(time.perf_counter() - epoch_started)
     if trainer.improved and trainer.save_on_train_epoch_end:

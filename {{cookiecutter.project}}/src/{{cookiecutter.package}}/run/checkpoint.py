@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from ..core.errors import UserError
+from ..core.errors import UserError, foreign_reason
 from ..core.models import build_model
 
 
@@ -78,13 +78,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load tensors and plain containers only (`weights_only=True`): a checkpoint cannot run code."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint {str(path)!r} does not exist")
+        problem = "is a directory" if path.is_dir() else "is not a regular file" if path.exists() else "does not exist"
+        raise UserError(f"checkpoint {str(path)!r} {problem}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # empty, truncated, corrupt, not a checkpoint, or a pickle that asks for code
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise UserError(
-            f"checkpoint {str(path)!r} cannot be loaded safely ({type(err).__name__}: {reason}): not a "
+            f"checkpoint {str(path)!r} cannot be loaded safely ({foreign_reason(err)}): not a "
             "complete checkpoint, or one that would run code when loaded"
         ) from None
     if not isinstance(state, dict):

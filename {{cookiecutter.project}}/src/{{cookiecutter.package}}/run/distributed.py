@@ -265,7 +265,11 @@ def describe_failure(failed, run_dir: Path) -> str:
     if isinstance(message, dict):  # the error file a worker wrote (record_error below)
         message = message.get("message", message)
     if isinstance(message, str) and message.startswith("UserError: "):
-        return message.removeprefix("UserError: ")  # a problem with the run's settings, the same on every rank
+        # A problem with the run's settings, the same on every rank: a refusal, whose folder goes (train.py) with
+        # the ranks' logs, which the one line makes unneeded. Any other failure keeps them: its line names one.
+        for log in run_dir.glob("rank*.log"):
+            log.unlink(missing_ok=True)
+        return message.removeprefix("UserError: ")
     if not message or message == "<N/A>":
         message = f"exit code {failure.exitcode}"
     log = run_dir / f"rank{rank}.log"  # the worker wrote its traceback there (worker.py)

@@ -15,7 +15,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
 from ..core.errors import UserError
 
@@ -37,8 +40,16 @@ def find_checkpoint(ckpt_path: str | None, engine_dir: str | Path, key: str = "c
         return runs[-1]
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
+        # What is there, said as it is: a folder or a FIFO named by mistake is not "missing".
+        problem = (
+            "is a directory, not a checkpoint file"
+            if path.is_dir()
+            else "is not a regular file"
+            if path.exists()
+            else "no such checkpoint file"
+        )
         raise UserError(
-            f"{key}={ckpt_path}: no such checkpoint file; use {key}=last or the path of a .ckpt file "
+            f"{key}={ckpt_path}: {problem}; use {key}=last or the path of a .ckpt file "
             "(logs/train/<engine>/<run>/checkpoints/last.ckpt)"
         )
     return path.resolve()
@@ -51,7 +62,7 @@ def run_dir(ckpt_path: str | None, engine_dir: str) -> str:
     except UserError:
         checkpoint = None  # launch.train reports the problem as one line, after Hydra has started
     if checkpoint is not None and checkpoint.parent.name == "checkpoints":
-        remember_resumed_run(checkpoint.parent.parent)  # before Hydra rewrites its .hydra/ files
+        remember_run_folder(checkpoint.parent.parent)  # before Hydra rewrites its .hydra/ files
         return str(checkpoint.parent.parent)
     check_creatable(Path(engine_dir))
     return f"{engine_dir}/{(launcher_start_time() or datetime.now()).strftime(RUN_NAME_FORMAT)}"
@@ -95,9 +106,11 @@ def launcher_start_time() -> datetime | None:
         return None
 
 
-# The resumed run's .hydra/*.yaml as they were before Hydra wrote this attempt's config over them, and the
-# state of its last.ckpt then.
-RESUMED: dict[str, Any] = {}
+# Folders that existed before Hydra wrote this command's .hydra/ and log (and a sweep's multirun.yaml) into them:
+# the state of the folder's last.ckpt then, those files as they were, and the names the folder held. A resumed
+# run's folder (the run_dir resolver), or any folder named by hydra.run.dir or inside hydra.sweep.dir
+# (KeepExistingRuns).
+REMEMBERED: dict[Path, tuple[tuple[int, int] | None, dict[Path, bytes], set[str]]] = {}
 
 
 def last_checkpoint_stamp(folder: Path) -> tuple[int, int] | None:
@@ -105,25 +118,92 @@ def last_checkpoint_stamp(folder: Path) -> tuple[int, int] | None:
     return (last.stat().st_mtime_ns, last.stat().st_size) if last.is_file() else None
 
 
-def remember_resumed_run(folder: Path) -> None:
-    RESUMED.update(
-        folder=folder.resolve(),
-        checkpoint=last_checkpoint_stamp(folder),
-        files={path: path.read_bytes() for path in (folder / ".hydra").glob("*.yaml")},
-    )
+def remember_run_folder(folder: Path, *extra: Path) -> None:
+    if folder.is_dir():
+        files = [*(folder / ".hydra").glob("*.yaml"), *(path for path in extra if path.is_file())]
+        REMEMBERED[folder.resolve()] = (
+            last_checkpoint_stamp(folder),
+            {path: path.read_bytes() for path in files},
+            {path.name for path in folder.iterdir()},
+        )
+
+
+class KeepExistingRuns(Callback):
+    """Hydra writes .hydra/ into the run folder before train.py (or evaluate.py, ...) runs: this callback, run by
+    Hydra just before that (configs/hydra/default.yaml), remembers what an existing folder held, so that a run
+    refused there (check_new_run_folder) leaves the old run's config as it was."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        remember_run_folder(Path(config.hydra.run.dir))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        # Each job's folder is hydra.sweep.subdir under it (one level by default; two are allowed for).
+        for hydra_dir in (*sweep.glob("*/.hydra"), *sweep.glob("*/*/.hydra")):
+            remember_run_folder(hydra_dir.parent, sweep / "multirun.yaml")
 
 
 @contextmanager
 def resumed_config_kept_on_failure(run_dir: Path) -> Iterator[None]:
-    """A resume that fails before it saves a checkpoint (refused, stopped, crashed) leaves its run's .hydra/ config
-    as it was: Hydra rewrote it at the start with this attempt's overrides, which the checkpoint does not reflect."""
+    """A run that fails before it saves a checkpoint (refused, stopped, crashed) in a folder that existed before
+    (a resume, or a new run refused there) leaves that folder's .hydra/ config as it was: Hydra rewrote it at the
+    start with this attempt's overrides, which the folder's checkpoints do not reflect. The log Hydra started for
+    this command there (evaluate.log in a training run's folder) goes too."""
     try:
         yield
     except BaseException:
-        if RESUMED.get("folder") == run_dir.resolve() and last_checkpoint_stamp(run_dir) == RESUMED["checkpoint"]:
-            for path, content in RESUMED["files"].items():
+        checkpoint, files, names = REMEMBERED.get(run_dir.resolve(), (None, None, set()))
+        if files is not None and last_checkpoint_stamp(run_dir) == checkpoint:
+            for path, content in files.items():
                 path.write_bytes(content)
+            for log in run_dir.glob("*.log"):
+                if log.name not in names:
+                    log.unlink()
         raise
+
+
+# What a run of any of the tools leaves that another must not write over: train.py's checkpoints, the results
+# file of train.py and evaluate.py (metrics.json), export.py (model.json) and predict.py (predictions.json), and
+# logged TensorBoard events. Not Hydra's .hydra/ and log, nor the empty folders a run prepares: in a DDP run,
+# every process checks its folder before the processes meet, and none of these is written before they do.
+RESULT_FILES = ("metrics.json", "model.json", "predictions.json")
+
+
+def run_results(folder: Path) -> list[str]:
+    """What of a run `folder` holds, as paths relative to it ([] for a new folder)."""
+    held = [path for path in sorted(folder.glob("checkpoints/*.ckpt")) if path.is_file()]
+    held += [folder / name for name in RESULT_FILES if (folder / name).exists()]
+    events = sorted(folder.glob("*/events.out.tfevents.*"))
+    held += [path for path in events if holds_summaries(path)][:1]
+    return [str(path.relative_to(folder)) for path in held]
+
+
+def check_new_run_folder(run_dir: Path, script: str, checkpoint: Path | None = None) -> None:
+    """A new run needs a folder of its own: refuse one that holds a run already (hydra.run.dir, or a job's folder
+    under hydra.sweep.dir, named so; symlinks resolved), unless `checkpoint` (ckpt_path) continues that very run."""
+    folder = run_dir.resolve()
+    if checkpoint is not None and checkpoint.resolve().parent == folder / "checkpoints":
+        return
+    held = run_results(folder)
+    if not held:
+        return
+    key = (
+        "hydra.sweep.dir"
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+        else ("hydra.run.dir")
+    )
+    where = str(run_dir) if folder == run_dir.absolute() else f"{run_dir} (the folder {folder})"
+    shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+    if script == "train.py":
+        last = folder / "checkpoints" / "last.ckpt"
+        resume = f"ckpt_path={last}" if last.is_file() else "ckpt_path=<one of its checkpoints>"
+        hint = f"; to continue that run, give {resume}"
+    else:
+        hint = ""
+    raise UserError(
+        f"{key}: {where} already holds a run ({shown}): a new {script} run writes a folder of its own, so leave "
+        f"{key} out or name a new folder{hint}"
+    )
 
 
 def remove_refused_run(run_dir: Path, log_dir: Path) -> None:
@@ -134,6 +214,7 @@ def remove_refused_run(run_dir: Path, log_dir: Path) -> None:
         not run_dir.is_dir()
         or any(run_dir.glob("checkpoints/*.ckpt"))
         or (run_dir / "metrics.json").exists()
+        or any(run_dir.glob("rank*.log"))  # a failed DDP run: its error line names the failed rank's log
         or any(holds_summaries(events) for events in run_dir.glob("tensorboard/events.out.tfevents.*"))
     ):
         return

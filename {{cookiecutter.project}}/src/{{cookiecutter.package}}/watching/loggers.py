@@ -94,6 +94,7 @@ def tensorboard_writer(loggers: list[Any]) -> Any:
 def lightning_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
     """Lightning's loggers for `logger=`, writing into the run folder."""
     from lightning.pytorch import loggers as pl_loggers
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only  # the rank Lightning's loggers go by
 
     loggers: list[Any] = []
     for name in chosen(cfg):
@@ -113,7 +114,8 @@ def lightning_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
                 tracking_uri=mlflow_tracking_uri(cfg),
                 run_id=saved_run_id(run_dir, name),
             )
-            save_run_id(run_dir, name, logger.run_id)  # creates the run
+            if rank_zero_only.rank == 0:  # on ranks > 0 Lightning's logger is a dummy that logs nothing
+                save_run_id(run_dir, name, logger.run_id)  # creates the run
             loggers.append(logger)
         else:
             logger = pl_loggers.WandbLogger(
@@ -125,7 +127,8 @@ def lightning_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
                 resume="allow",
                 log_model=False,
             )
-            save_run_id(run_dir, name, logger.experiment.id)
+            if rank_zero_only.rank == 0:  # as above: rank 0 logs, the others do nothing
+                save_run_id(run_dir, name, logger.experiment.id)
             loggers.append(logger)
     return loggers
 

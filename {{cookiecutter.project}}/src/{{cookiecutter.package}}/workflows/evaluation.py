@@ -9,6 +9,7 @@ imported only once chosen, so engine=raw never imports lightning. The training r
 """
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..core.data import DataPipeline, limit_batches
-from ..core.errors import UserError
+from ..core.errors import UserError, foreign_reason
 from ..core.models import build_model
 from ..run.checkpoint import check_weights_fit, load_checkpoint, model_state_dict, written_by
 from ..run.config_rules import one_of, shown, validate
 from ..run.distributed import is_ddp
 from ..run.rundir import find_checkpoint
-from ..watching import summaries
+from ..watching import loggers, summaries
 from .launch import check_config, drawn_seed
 
 # Keys of configs/eval.yaml that belong to the evaluation, not to the training run's config.
@@ -40,8 +41,8 @@ TRAINING_PRESETS = {"experiment": None, "debug": "none"}
 
 def evaluate(cfg: DictConfig, run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Evaluate cfg.ckpt_path on cfg.split with cfg.engine; write run_dir/metrics.json, confusion_matrix.png and
-    TensorBoard events; return the metrics. `overrides`: the command line's (Hydra's overrides.task), the keys
-    that change the training run's config."""
+    the records of the chosen loggers (logger=, as in train.py); return the metrics. `overrides`: the command
+    line's (Hydra's overrides.task), the keys that change the training run's config."""
     started = time.perf_counter()
     if cfg.ckpt_path in (None, "", "null", "None"):
         raise UserError(
@@ -80,7 +81,9 @@ def evaluate(cfg: DictConfig, run_dir: Path, overrides: list[str] | tuple[str, .
     key = f"limit_{split}_batches"
     num_batches = limit_batches(len(loader), eval_cfg.trainer.get(key), f"trainer.{key}")
 
-    summaries.write_hparams(eval_cfg, run_dir / eval_cfg.logger.tensorboard.subdir)  # the config evaluated
+    tensorboard_dir = loggers.tensorboard_dir(eval_cfg, run_dir)
+    if tensorboard_dir is not None:
+        summaries.write_hparams(eval_cfg, tensorboard_dir)  # the config evaluated
     counts = ConfusionCounts(eval_cfg.data.num_classes)
     if eval_cfg.engine.name == "raw":
         results, device = evaluate_raw(eval_cfg, model, loader, num_batches, counts, run_dir)
@@ -134,7 +137,7 @@ def training_config(state: dict[str, Any], writer: str, checkpoint: Path) -> tup
     checkpoint; Lightning's checkpoints hold no config (the Classifier saves no hyperparameters), so it comes from
     the run folder's .hydra/config.yaml, beside checkpoints/."""
     if "config" in state:
-        cfg, source = OmegaConf.create(state["config"]), "the checkpoint"
+        saved, source = state["config"], "the checkpoint"
     else:
         saved = checkpoint.parent.parent / ".hydra" / "config.yaml"
         if checkpoint.parent.name != "checkpoints" or not saved.is_file():
@@ -142,10 +145,59 @@ def training_config(state: dict[str, Any], writer: str, checkpoint: Path) -> tup
                 f"ckpt_path={checkpoint}: a checkpoint of engine={writer} holds no config, and there is no "
                 f"{saved} beside it: evaluate it in its run folder (<run>/checkpoints/{checkpoint.name})"
             )
-        cfg, source = OmegaConf.load(saved), str(saved)
+        source = str(saved)
+    cfg = checked_training_config(saved, checkpoint, source)
     if cfg.get("seed") is None:  # seed=null: the seed the run drew from its folder's name (launch.drawn_seed)
         cfg.seed = drawn_seed(checkpoint.parent.parent)
     return cfg, source
+
+
+# The nodes every training config has, each a mapping: what evaluate.py and export.py read before the config rules.
+TRAINING_NODES = ("model", "data", "trainer")
+RESOLVER_CALL = re.compile(r"\$\{[^}]*:")  # ${name:...}: a resolver, a function the file would choose to run
+
+
+def checked_training_config(saved: Any, checkpoint: Path, source: str) -> DictConfig:
+    """A training run's config as read from a file (YAML text, a dict, or a .hydra/config.yaml path), checked as
+    far as reading it goes: a mapping with model, data and trainer mappings, interpolating only its own keys (no
+    resolver, which would call a function the file names), and resolvable. Its values then go through the config
+    rules (launch.check_config, core/models/'s build_model) like typed ones; one line for anything else."""
+    where = f"ckpt_path={checkpoint}: the training config in {source}"
+    try:
+        cfg = OmegaConf.load(saved) if isinstance(saved, Path) else OmegaConf.create(saved)
+    except Exception as err:  # not YAML, or a value OmegaConf takes for no config
+        raise UserError(f"{where} cannot be read ({foreign_reason(err)}): not a config written by train.py") from None
+    if not isinstance(cfg, DictConfig):
+        raise UserError(f"{where} is {shown(cfg)}, not a mapping of keys: not a config written by train.py")
+    for node in TRAINING_NODES:
+        if not isinstance(cfg.get(node), DictConfig):
+            raise UserError(
+                f"{where} has {node}={shown(cfg.get(node))}: a mapping of {node}.* keys is expected (a config "
+                "written by train.py)"
+            )
+    for key, value in plain_items(OmegaConf.to_container(cfg, resolve=False)):
+        if isinstance(value, str) and RESOLVER_CALL.search(value):
+            raise UserError(
+                f"{key}={value} is not valid in {source}: a training config interpolates only its own keys "
+                "(${other.key}), never a resolver (${name:...}), which would run a function the file names"
+            )
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except Exception as err:  # an interpolation of a key the config does not have
+        raise UserError(f"{where} does not resolve ({foreign_reason(err)})") from None
+    return cfg
+
+
+def plain_items(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) of every leaf of a plain container, and of every dict key (a key may interpolate too)."""
+    if isinstance(value, dict):
+        items = [(f"{prefix}{key}", key) for key in value if isinstance(key, str)]
+        for key, item in value.items():
+            items += plain_items(item, f"{prefix}{key}.")
+        return items
+    if isinstance(value, list):
+        return [pair for index, item in enumerate(value) for pair in plain_items(item, f"{prefix}{index}.")]
+    return [(prefix.removesuffix("."), value)]
 
 
 def load_training_run(checkpoint: Path) -> tuple[dict[str, Any], str, DictConfig, str]:
@@ -184,12 +236,8 @@ def evaluation_config(
     merged.merge_with(
         {"paths": cfg.paths, "engine": cfg.engine, "task": cfg.task, "split": cfg.split, "ckpt_path": str(checkpoint)}
     )
-    if list(cfg.logger or {}) != ["tensorboard"]:
-        raise UserError(
-            f"logger={','.join(cfg.logger or {}) or 'none'} is not valid here: evaluate.py writes its "
-            "events to TensorBoard, logger=tensorboard (the default)"
-        )
-    merged.logger = cfg.logger  # the evaluation's own outputs, whichever loggers the training run had
+    # The evaluation's own outputs, to the loggers of this command (train.py's choices), whichever the run had.
+    merged.logger = cfg.logger
     devices = merged.trainer.devices
     if (
         is_ddp(merged.trainer)
@@ -226,8 +274,6 @@ def evaluate_raw(
     cfg: DictConfig, model: nn.Module, loader: DataLoader, num_batches: int, counts: ConfusionCounts, run_dir: Path
 ) -> tuple[dict[str, float], str]:
     """engine=raw: test_loop's evaluation, by hand; the scalars and figures under the training run's test tags."""
-    from torch.utils.tensorboard import SummaryWriter
-
     from ..engines import raw
 
     device = raw.pick_device(cfg.trainer.accelerator)
@@ -242,12 +288,13 @@ def evaluate_raw(
         counts.update(logits, targets)
 
     metrics = raw.evaluation_loop(model, loader, num_batches, device, precision, observe=observe)
-    writer = SummaryWriter(run_dir / cfg.logger.tensorboard.subdir)
-    for name, value in metrics.items():
-        writer.add_scalar(f"test/{name}", value, 0)
-    writer.add_scalar("epoch", 0, 0)  # as Trainer.test logs it (a new Trainer's epoch)
-    board.on_test_end(writer, 0)
-    writer.close()
+    chosen = loggers.raw_loggers(cfg, run_dir, 0)
+    loggers.log_hyperparams(chosen, cfg, resumed=False)
+    for logger in chosen:  # "epoch" as Trainer.test logs it (a new Trainer's epoch)
+        logger.log_metrics({**{f"test/{name}": value for name, value in metrics.items()}, "epoch": 0}, 0)
+    board.on_test_end(loggers.tensorboard_writer(chosen), 0)
+    for logger in chosen:
+        logger.finalize("success")
     return metrics, str(device)
 
 
@@ -256,7 +303,6 @@ def evaluate_lightning(
 ) -> tuple[dict[str, float], str]:
     """engine=lightning: Trainer.test on the training's Classifier, with its TensorBoard callback."""
     import lightning as L
-    from lightning.pytorch.loggers import TensorBoardLogger
 
     from ..engines import lightning as engine
     from ..run import console
@@ -275,9 +321,8 @@ def evaluate_lightning(
 
     console.quiet_lightning()
     module = engine.Classifier(model, cfg)
-    logger = TensorBoardLogger(
-        save_dir=run_dir, name=cfg.logger.tensorboard.subdir, version="", default_hp_metric=False
-    )
+    chosen = loggers.lightning_loggers(cfg, run_dir)
+    loggers.log_hyperparams(chosen, cfg, resumed=False)
     # The batches evaluate() counted, as engine=raw evaluates them: no debugging run (fast_dev_run would also log
     # nothing), no profiler.
     arguments = {
@@ -290,7 +335,7 @@ def evaluate_lightning(
     }
     trainer = L.Trainer(
         **arguments,
-        logger=logger,
+        logger=chosen or False,
         callbacks=[engine.TensorBoardSummaries(cfg), CountConfusion()],
         default_root_dir=run_dir,
     )

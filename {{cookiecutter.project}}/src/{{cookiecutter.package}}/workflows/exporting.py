@@ -11,12 +11,17 @@ once every check has passed: a failed export leaves nothing behind.
 """
 
 import importlib.util
+import io
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Callable
+import warnings
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +32,10 @@ from torch import nn
 
 from ..core import datasets
 from ..core.data import DataPipeline
-from ..core.errors import UserError
+from ..core.errors import UserError, foreign_reason
 from ..core.models import build_model
 from ..run.checkpoint import check_weights_fit, model_state_dict
-from ..run.config_rules import POSITIVE, WHOLE_1, one_of, shown
+from ..run.config_rules import POSITIVE, WHOLE_1, one_of, shown, validate
 from ..run.rundir import find_checkpoint
 from .evaluation import load_training_run
 
@@ -73,7 +78,9 @@ def export(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             else:
                 card["onnx_opset"] = export_onnx(model, images, path)
             card["files"][kind] = path.name
-            card["checks"][kind] = check_export(kind, load_exported(path), model, images, cfg.check.tolerance)
+            card["checks"][kind] = check_export(
+                kind, load_exported(path, key=f"the {kind} export"), model, images, cfg.check.tolerance
+            )
         (partial / CARD).write_text(json.dumps(card, indent=2) + "\n")
         for kept in run_dir.iterdir():  # Hydra's .hydra/ and log: the record of this export, kept with it
             os.replace(kept, partial / kept.name)
@@ -104,6 +111,7 @@ def load_trained(checkpoint: Path) -> tuple[nn.Module, DictConfig, dict[str, Any
     """The PyTorch model of a checkpoint of either engine, in eval mode on the CPU, its training run's config, and
     the model card of model.json (without the exported files)."""
     state, writer, trained, config_from = load_training_run(checkpoint)
+    validate(trained)  # the checkpoint's values obey the rules typed ones do (the model's: build_model)
     model = build_model(trained.model)
     weights = model_state_dict(state)
     check_weights_fit(weights, model, f"ckpt_path={checkpoint}", f"keep the training run's config ({config_from})")
@@ -179,9 +187,117 @@ def export_onnx(model: nn.Module, images: torch.Tensor, path: Path) -> int:
     return next(entry.version for entry in onnx.load(str(path)).opset_import if entry.domain in ("", "ai.onnx"))
 
 
-def load_exported(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+# What torch.export.save writes for one program named "model", under the archive's folder: the only entries a
+# model.pt2 may hold unless trust_archive=true.
+PT2_ENTRIES = re.compile(
+    r"archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id|models/model\.json"
+    r"|data/(weights/model_weights_config\.json|weights/weight_\d+|constants/model_constants_config\.json"
+    r"|constants/tensor_\d+|sample_inputs/model\.pt)"
+)
+# Graph calls a .pt2 may make: ATen operators (except from_file, which maps a file) and the symbolic-size arithmetic
+# of a dynamic batch. torch.export.load resolves any dotted name under torch, operator or math that the file gives.
+PT2_OPERATOR = re.compile(
+    r"torch\.ops\.aten\.(?!from_file\b)\w+\.\w+|_operator\.(getitem|add|sub|mul|floordiv|truediv|mod|neg|eq|ne|lt|le|gt|ge)"
+    r"|torch\.sym_(int|float|max|min|not|sqrt|ite)|math\.(floor|ceil|trunc)"
+)
+# Symbolic sizes, which torch parses with sympy.sympify (an eval): "Symbol('s77', positive=True, integer=True)".
+SYMBOL_EXPRESSION = re.compile(r"[\w\s'+\-*/%(),.=<>!]*")
+SYMBOL_NAMES = re.compile(
+    r"[su]\d+|\d+(\.\d+)?|Symbol|Integer|positive|integer|True|False|Max|Min|Mod|FloorDiv|PythonMod|CeilToInt|FloorToInt|TruncToInt|oo|int_oo"
+)
+TRUST_ARCHIVE = "trust_archive=true"
+
+
+def check_archive(path: Path, key: str) -> None:
+    """A model.pt2 is checked before torch.export.load reads it, which would run what the archive holds: pickles
+    (the sample inputs, pickled weights, constants and objects, with weights_only=False), compiled AOTInductor
+    libraries, guard code (exec), symbolic sizes (sympify) and any function its graph names. Accepted: export.py's
+    entries only, tensors stored raw, sample inputs that load with weights_only=True (torch tries that first and
+    then never falls back), ATen operators, no guard code, plain symbolic sizes. One line for anything else."""
+
+    def refuse(what: str) -> UserError:
+        return UserError(
+            f"{key}={path} {what}: export.py never writes that, and torch.export.load would run it; load only "
+            f"archives you made or trust, with {TRUST_ARCHIVE}"
+        )
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            roots = {name.split("/", 1)[0] for name in names}
+            if len(roots) != 1 or any("/" not in name for name in names):
+                raise refuse(f"holds entries outside one archive folder ({', '.join(sorted(roots)[:3])})")
+            root = roots.pop()
+            for name in names:
+                if not PT2_ENTRIES.fullmatch(name.removeprefix(f"{root}/")):
+                    raise refuse(f"holds the entry {name!r}")
+
+            def read_json(entry: str) -> Any:
+                return json.loads(archive.read(f"{root}/{entry}")) if f"{root}/{entry}" in names else None
+
+            for entry in ("data/weights/model_weights_config.json", "data/constants/model_constants_config.json"):
+                for name, payload in ((read_json(entry) or {}).get("config") or {}).items():
+                    if payload.get("use_pickle") or not re.fullmatch(r"(weight|tensor)_\d+", payload["path_name"]):
+                        raise refuse(f"stores {name!r} as a pickle, not as raw tensor bytes")
+            if f"{root}/data/sample_inputs/model.pt" in names:
+                try:
+                    torch.load(io.BytesIO(archive.read(f"{root}/data/sample_inputs/model.pt")), weights_only=True)
+                except Exception:
+                    raise refuse("holds sample inputs that are not plain tensors (a pickle)") from None
+            program = read_json("models/model.json")
+    except (zipfile.BadZipFile, OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise UserError(
+            f"{key}={path} cannot be loaded ({foreign_reason(err)}): not a complete file written by export.py"
+        ) from None
+    if not isinstance(program, dict):
+        raise refuse("holds no program (models/model.json)")
+    if program.get("guards_code"):
+        raise refuse("holds guard code (Python that loading runs)")
+    for kind, value in program_strings(program):
+        if kind == "target" and not PT2_OPERATOR.fullmatch(value):
+            raise refuse(f"calls {value!r}, which is not an ATen operator")
+        if kind == "expr_str" and not (
+            SYMBOL_EXPRESSION.fullmatch(value)
+            and all(SYMBOL_NAMES.fullmatch(word) for word in re.findall(r"[A-Za-z_]\w*|\d+(?:\.\d+)?", value))
+            and "'" not in re.sub(r"'[su]\d+'", "", value)
+        ):
+            raise refuse(f"holds the symbolic size {value[:80]!r}, which is not plain arithmetic")
+
+
+def program_strings(value: Any) -> Iterator[tuple[str, str]]:
+    """("target", name) for every graph node of a serialized program, ("expr_str", text) for every symbolic size."""
+    if isinstance(value, dict):
+        if isinstance(value.get("target"), str) and "inputs" in value:
+            yield "target", value["target"]
+        if isinstance(value.get("expr_str"), str):
+            yield "expr_str", value["expr_str"]
+        for item in value.values():
+            yield from program_strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from program_strings(item)
+
+
+@contextmanager
+def torch_quiet() -> Iterator[None]:
+    """torch.export.load logs a warning with a traceback for a file it cannot read, before it raises: the caller
+    says it in one line instead."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def load_exported(
+    path: Path, trust_archive: bool = False, key: str = "model_path"
+) -> Callable[[np.ndarray], np.ndarray]:
     """An exported file as a function of a float32 NCHW batch, returning its logits (predict.py and serve.py use it
-    too): the .pt2 through torch.export.load, the .onnx in ONNX Runtime on the CPU."""
+    too): the .pt2 through torch.export.load once check_archive has passed (not checked with `trust_archive`), the
+    .onnx in ONNX Runtime on the CPU (which runs the graph's operators, no Python of the file)."""
     if path.suffix == ".onnx":
         require_onnx(f"the ONNX file {path}")
         import onnxruntime
@@ -189,7 +305,15 @@ def load_exported(path: Path) -> Callable[[np.ndarray], np.ndarray]:
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         return lambda batch: session.run(None, {name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
-    program = torch.export.load(path).module()
+    with torch_quiet():
+        if not trust_archive:
+            check_archive(path, key)
+        try:
+            program = torch.export.load(path).module()
+        except Exception as err:  # a truncated or foreign file
+            raise UserError(
+                f"{key}={path} cannot be loaded ({foreign_reason(err)}): not a complete file written by export.py"
+            ) from None
 
     @torch.no_grad()
     def run(batch: np.ndarray) -> np.ndarray:

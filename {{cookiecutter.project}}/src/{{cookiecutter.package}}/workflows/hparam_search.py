@@ -6,6 +6,8 @@ sweeper: the monitored validation metric of the best checkpoint, read from the r
 """
 
 import json
+import math
+import re
 import shlex
 import subprocess
 import sys
@@ -18,6 +20,21 @@ from omegaconf import DictConfig, OmegaConf
 from ..core.errors import UserError
 
 ABSENT = object()
+
+
+def quote_train_argument(argv: list[str]) -> list[str]:
+    """search.py's arguments with the value of `train=` quoted for Hydra. The shell takes the quotes off
+    `train='engine=raw data=mnist'`, and Hydra's grammar refuses the bare `=` and spaces left: quoted here, the line
+    works as typed. A value the user quoted for Hydra already (`"train='engine=raw'"`) is left as it is."""
+    quoted = []
+    for argument in argv:
+        key, equals, value = argument.partition("=")
+        if key == "train" and equals and value[:1] not in ("'", '"'):
+            # Hydra reads a backslash literally except before a quote or the closing quote: those are doubled.
+            value = re.sub(r"(\\+)(?='|$)", lambda run: run.group(1) * 2, value).replace("'", "\\'")
+            argument = f"train='{value}'"
+        quoted.append(argument)
+    return quoted
 
 
 def suggest(trial: Any, params: DictConfig) -> dict[str, Any]:
@@ -116,10 +133,20 @@ def search(cfg: DictConfig, study_dir: Path, train_script: Path) -> dict[str, An
             study.tell(trial, state=TrialState.FAIL)
             print(failed, flush=True)
             continue
+        score = metrics.get("best_score")
+        if score is None or not math.isfinite(score):  # e.g. debug=fdr: no validation chose a best checkpoint
+            trial.set_user_attr("failed", "no score")  # counted: the same settings would score nothing again
+            study.tell(trial, state=TrialState.FAIL)
+            print(
+                f"trial {trial.number}: no score: its run ({metrics['run_dir']}) ended without a validated best "
+                f"checkpoint, so no {monitor} to compare (debug=fdr and fast_dev_run validate none)",
+                flush=True,
+            )
+            continue
         trial.set_user_attr("run_dir", metrics["run_dir"])
-        study.tell(trial, metrics["best_score"])
+        study.tell(trial, score)
         print(
-            f"trial {trial.number}: {monitor}={metrics['best_score']:.4f} (best {study.best_value:.4f}, trial "
+            f"trial {trial.number}: {monitor}={score:.4f} (best {study.best_value:.4f}, trial "
             f"{study.best_trial.number}) {' '.join(f'{k}={v}' for k, v in values.items())}",
             flush=True,
         )

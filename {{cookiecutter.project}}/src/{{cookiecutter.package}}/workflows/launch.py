@@ -16,13 +16,15 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ..core import datasets
 from ..core.data import check_worker_socket
 from ..core.errors import UserError
 from ..core.models import build_model, check_model
+from ..core.task import check_schedule
 from ..run.checkpoint import load_for_resume, load_weights, prepare_checkpoint_dir
 from ..run.config_rules import validate
 from ..run.distributed import check_distributed, fail_on_purpose, is_ddp, launch_workers, launched_world, process_group
-from ..run.rundir import find_checkpoint
+from ..run.rundir import check_new_run_folder, find_checkpoint, remove_refused_run
 from ..watching import loggers, summaries
 
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
@@ -33,21 +35,66 @@ def check_accelerator(trainer: DictConfig) -> None:
     accelerator = trainer.accelerator
     if accelerator not in ACCELERATORS:
         raise UserError(f"trainer.accelerator={accelerator!r} is not known: use one of {', '.join(ACCELERATORS)}")
+    missing = missing_device(accelerator)
+    if missing is not None:
+        raise UserError(missing)
+    on_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    check_precision(str(trainer.precision), "cuda" if on_cuda else "not cuda")
+    check_distributed(trainer)
+
+
+def missing_device(accelerator: str) -> str | None:
+    """Why trainer.accelerator=<accelerator> cannot run on this machine, or None."""
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         built = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-        raise UserError(
+        return (
             f"trainer.accelerator={accelerator} needs a CUDA GPU, but torch.cuda.is_available() is "
             f"False on this machine (torch {torch.__version__}, {built}). Train on the CPU with "
             "trainer=cpu, or install a CUDA build of torch (README: Install)"
         )
     if accelerator == "mps" and not torch.backends.mps.is_available():
-        raise UserError(
+        return (
             "trainer.accelerator=mps needs an Apple-silicon GPU, but torch.backends.mps.is_available() "
             "is False on this machine. Train on the CPU with trainer=cpu"
         )
-    on_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    check_precision(str(trainer.precision), "cuda" if on_cuda else "not cuda")
-    check_distributed(trainer)
+    return None
+
+
+def in_a_sweep() -> bool:
+    """Whether this process runs a job of `python train.py -m ...` (Hydra's multirun)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def job_name() -> str:
+    """A job of a sweep by the values the sweep gives it (experiment=cifar10): the keys swept on the command line."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    task = list(HydraConfig.get().overrides.task)
+    try:
+        arguments = [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
+        swept = {o.key_or_group for o in OverridesParser.create().parse_overrides(arguments) if o.is_sweep_override()}
+    except Exception:  # a command line the parser reads differently: the job's every override, below
+        swept = set()
+    return " ".join([o for o in task if o.lstrip("+~").split("=")[0] in swept] or task)
+
+
+def unavailable_here(cfg: DictConfig) -> str | None:
+    """Why a job of a sweep cannot run on this machine (its device, its dataset's files), or None. A sweep over
+    recipes (-m 'experiment=glob(*)') then runs the others: Hydra's multirun would stop at the first failing job."""
+    missing = missing_device(cfg.trainer.accelerator)
+    if missing is not None:
+        return missing
+    dataset = datasets.get(cfg.data.name)
+    if dataset.missing_files(cfg.data.root):
+        try:  # what the run would do first (its data.download): fetch them, or say where they belong
+            dataset.prepare(cfg.data.root, cfg.data.download)
+        except UserError as no_data:
+            return str(no_data)
+    return None
 
 
 def check_precision(precision: str, device_type: str) -> None:
@@ -65,6 +112,7 @@ def check_config(cfg: DictConfig) -> None:
     arguments (core/models/), then this machine."""
     validate(cfg)
     check_model(cfg.model)
+    check_schedule(cfg.scheduler)
     check_accelerator(cfg.trainer)
     check_worker_socket(cfg.data)  # TMPDIR short enough for the DataLoader workers
     summaries.Summaries(cfg)  # the TensorBoard switches (the engines read them again)
@@ -98,11 +146,18 @@ def train(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict[
     (distributed.py); each worker comes back here and trains.
     """
     started = time.perf_counter() if started is None else started
+    if in_a_sweep() and (reason := unavailable_here(cfg)) is not None:
+        remove_refused_run(run_dir, Path(cfg.paths.log_dir))  # nothing of it ran: no folder left
+        print(f"skipped {job_name()}: {reason}", flush=True)
+        return {"best_score": None, "skipped": reason}
     check_config(cfg)
+    checkpoint = find_checkpoint(cfg.ckpt_path, run_dir.parent)
+    # Before the DDP workers start (and, under torchrun or srun, in each process before they meet): a new run
+    # never writes over one that holds checkpoints or results; ckpt_path continues it.
+    check_new_run_folder(run_dir, "train.py", checkpoint)
     if cfg.seed is None:
         cfg.seed = drawn_seed(run_dir)
         print(f"seed=null: this run's seed is {cfg.seed}", flush=True)
-    checkpoint = find_checkpoint(cfg.ckpt_path, run_dir.parent)
     if checkpoint is not None:  # before any work, for both engines: a file that cannot resume this run is one line
         resumed_step = loggers.global_step_of(load_for_resume(checkpoint, cfg.engine.name, build_model(cfg.model)))
     if cfg.get("weights_from") is not None:  # a new run from a checkpoint's weights, which build_model loads

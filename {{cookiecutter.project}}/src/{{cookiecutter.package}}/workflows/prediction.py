@@ -21,8 +21,8 @@ import torch
 from omegaconf import DictConfig
 
 from ..core.datasets import image_transform
-from ..core.errors import UserError
-from ..run.config_rules import WHOLE_1, shown
+from ..core.errors import UserError, foreign_reason
+from ..run.config_rules import BOOLEAN, WHOLE_1, shown
 from .exporting import CARD, FILES, load_exported, load_trained
 
 OUTPUT_FORMATS = (".json", ".csv")
@@ -67,9 +67,12 @@ class Model:
         }
 
 
-def load_model(value: Any, key: str = "model_path") -> Model:
+def load_model(value: Any, key: str = "model_path", trust_archive: Any = False) -> Model:
     """model_path=<file>: an exported model.pt2 or model.onnx (model.json beside it), its export folder, or a checkpoint
-    of either engine (last.ckpt or best.ckpt, where its training run's config can be read)."""
+    of either engine (last.ckpt or best.ckpt, where its training run's config can be read). A model.pt2 is checked
+    before loading (exporting.check_archive) unless `trust_archive` (configs/predict.yaml says why)."""
+    if not BOOLEAN.test(trust_archive):
+        raise UserError(f"trust_archive={shown(trust_archive)} is not valid: {BOOLEAN.accepted}")
     if value in (None, "", "null", "None"):
         raise UserError(
             f"{key} is required: {key}=<export folder>/model.pt2 or model.onnx (python export.py), or a "
@@ -79,8 +82,15 @@ def load_model(value: Any, key: str = "model_path") -> Model:
     if path.is_dir():
         path = next((path / name for name in FILES.values() if (path / name).is_file()), path)
     if not path.is_file():
+        problem = (
+            f"a folder without {' or '.join(FILES.values())}"
+            if path.is_dir()
+            else "not a regular file"
+            if path.exists()
+            else "no such file"
+        )
         raise UserError(
-            f"{key}={value}: no such file; give an exported model.pt2 or model.onnx "
+            f"{key}={value}: {problem}; give an exported model.pt2 or model.onnx "
             "(logs/export/<run>/), or a checkpoint file (logs/train/<engine>/<run>/checkpoints/best.ckpt)"
         )
     path = path.resolve()
@@ -100,13 +110,12 @@ def load_model(value: Any, key: str = "model_path") -> Model:
         )
     try:
         card = json.loads(card_path.read_text())
-        run = load_exported(path)
+        run = load_exported(path, trust_archive, key)
     except UserError:
         raise
     except Exception as err:  # a truncated or foreign file
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise UserError(
-            f"{key}={path} cannot be loaded ({type(err).__name__}: {reason}): not a complete file written by export.py"
+            f"{key}={path} cannot be loaded ({foreign_reason(err)}): not a complete file written by export.py"
         ) from None
     return Model(path, card, run)
 
@@ -218,7 +227,7 @@ def predict(cfg: DictConfig, run_dir: Path) -> tuple[list[dict[str, Any]], list[
         raise UserError(f"output={cfg.output} is not valid: a file name ending in .json or .csv")
     if not WHOLE_1.test(cfg.batch_size):
         raise UserError(f"batch_size={shown(cfg.batch_size)} is not valid: {WHOLE_1.accepted}")
-    model = load_model(cfg.model_path)
+    model = load_model(cfg.model_path, trust_archive=cfg.get("trust_archive", False))
     inputs, refused = read_inputs(cfg.inputs, model)
     for name, reason in refused:
         print(f"skipped {name}: {reason}", file=sys.stderr)
