@@ -26,8 +26,8 @@ PACKAGE_FILES = {f"src/pytorch_intro/{name}.py" for name in (
     "core/__init__", "core/data", "core/errors", "core/task", "core/tensor_loader",
     *(f"core/datasets/{name}" for name in ("__init__", "_files", "_torchvision", "cifar10", "digits", "mnist")),
     *(f"core/models/{name}" for name in ("__init__", "checks", "cnn", "mlp", "resnet")),
-    *(f"run/{name}" for name in ("__init__", "checkpoint", "config_rules", "console", "distributed", "guards",
-                                 "rundir")),
+    *(f"run/{name}" for name in ("__init__", "checkpoint", "config_rules", "console", "device", "distributed",
+                                 "guards", "rundir")),
     "watching/__init__", "watching/loggers", "watching/summaries",
     "engines/__init__", "engines/raw", "engines/lightning", "engines/lightning_parity",
     *(f"workflows/{name}" for name in ("__init__", "comparison", "evaluation", "exporting", "hparam_search", "launch",
@@ -37,8 +37,8 @@ TEST_FILES = {f"tests/{name}.py" for name in (
     "conftest", "datasets_on_disk", "in_process", "workflows/hostile_files",
     "test_benchmark", "test_configs", "test_doctor", "test_experiments", "test_layers", "test_tooling",
     "core/test_add_a_dataset", "core/test_add_a_model", "core/test_data", "core/test_tensor_loader",
-    *(f"engines/test_{name}" for name in ("debug", "engines", "lightning_parity", "parity", "random_parity", "raw_engine",
-                                          "raw_startup", "token_inputs")),
+    *(f"engines/test_{name}" for name in ("debug", "device_settings", "engines", "lightning_parity", "parity",
+                                          "random_parity", "raw_engine", "raw_startup", "token_inputs")),
     "run/test_ddp", "run/test_kill", "run/test_outputs", "run/test_run_folders", "run/test_validation",
     "watching/test_loggers", "watching/test_tensorboard", "watching/test_tensorboard_browser",
     *(f"workflows/test_{name}" for name in ("compare", "evaluate", "export", "hostile_files", "predict", "search",
@@ -55,13 +55,13 @@ CONFIG_FILES = {f"configs/{name}.yaml" for name in (
     *(f"model/{name}" for name in ("mlp", "cnn", "resnet")),
     *(f"optimizer/{name}" for name in ("sgd", "adam", "adamw", "rmsprop")),
     *(f"scheduler/{name}" for name in ("none", "step", "cosine", "onecycle", "plateau")),
-    *(f"trainer/{name}" for name in ("default", "cpu", "gpu", "mps", "ddp", "ddp_cpu")),
+    *(f"trainer/{name}" for name in ("default", "cpu", "cuda", "gpu", "mps", "ddp", "ddp_cpu")),
 )}
 EXPECTED_FILES = TOUR_FILES | PACKAGE_FILES | TEST_FILES | CONFIG_FILES | {
     ".github/workflows/ci.yml", ".gitignore", ".pre-commit-config.yaml", ".vscode/launch.json", "LICENSE",
     "README.md", "COMPARISON.md", "Makefile", "pyproject.toml", "slurm/train.sbatch",
     "train.py", "evaluate.py", "compare.py", "export.py", "predict.py", "serve.py", "search.py",
-    "benchmarks/README.md", "benchmarks/engine_overhead.py", "benchmarks/data_loading.py", "benchmarks/gpu.py",
+    "benchmarks/README.md", "benchmarks/engine_overhead.py", "benchmarks/data_loading.py", "benchmarks/gpu.py", "benchmarks/gpu_check.py", "tests/gpu/test_gpu.py",
 }
 # Every value but the default (the first), for every choice variable; booleans flipped.
 OPTION_VALUES = [(key, value) for key, values in CONTEXT.items() if isinstance(values, list) and not key.startswith("_") for value in values[1:]]

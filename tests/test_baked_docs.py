@@ -420,3 +420,50 @@ def test_a_longer_fit_and_reworded_comments_pass_the_generated_tests(default_bak
         cwd=project, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert re.search(r"\b[4-9] passed\b", result.stdout), result.stdout[-1000:]
+
+
+# -- the README's examples, and the tests that run them ----------------------------------------------------------------
+
+def example_of(test_file: Path) -> dict[str, str]:
+    """The EXAMPLE files (a dict literal: {path: text}) that a generated test writes into a copy of the project."""
+    [node] = [n for n in ast.parse(test_file.read_text()).body if isinstance(n, ast.Assign)
+              and any(getattr(target, "id", None) == "EXAMPLE" for target in n.targets)]
+    return ast.literal_eval(node.value)
+
+
+def readme_section(readme: str, heading: str) -> str:
+    assert heading + "\n" in readme, heading
+    return heading + "\n" + readme.split(heading + "\n", 1)[1].split("\n## ", 1)[0]
+
+
+def readme_files(section: str) -> dict[str, str]:
+    """{path: text} of a section's code blocks, each naming its file in its first line."""
+    return {m["path"]: f"# {m['path']}\n{m['body']}"
+            for m in re.finditer(r"```(?:python|yaml)\n# (?P<path>.+?)\n(?P<body>.*?)```", section, re.S)}
+
+
+@pytest.mark.parametrize(("heading", "test_file", "max_lines"), [
+    ("## Add your own dataset", "tests/core/test_add_a_dataset.py", 30),
+    ("## Add your own model", "tests/core/test_add_a_model.py", None),
+])
+def test_the_readme_shows_the_files_its_test_adds(default_bake, heading, test_file, max_lines):
+    """The generated tests add their own copy of the example (a user's README edit breaks none of them); the README
+    must show exactly those files."""
+    section = readme_section((default_bake / "README.md").read_text(), heading)
+    assert readme_files(section) == example_of(default_bake / test_file)
+    assert len(readme_files(section)) == 2
+    if max_lines is not None:
+        assert len(section.rstrip().splitlines()) <= max_lines
+
+
+def test_the_readmes_search_line_is_the_one_its_test_runs(default_bake):
+    [line] = [line for line in (default_bake / "README.md").read_text().splitlines() if line.startswith("python search.py")]
+    [node] = [n for n in ast.parse((default_bake / "tests/workflows/test_search.py").read_text()).body
+              if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == "README_SEARCH_LINE"]
+    assert line.split("#", 1)[0].rstrip() == ast.literal_eval(node.value)
+
+
+def test_the_example_checks_see_a_difference(default_bake, tmp_path):
+    section = readme_section((default_bake / "README.md").read_text(), "## Add your own dataset")
+    changed = section.replace("name: colours", "name: colors")
+    assert readme_files(changed) != example_of(default_bake / "tests/core/test_add_a_dataset.py")

@@ -553,18 +553,20 @@ def check_default_trainer(cfg, loop: str) -> None:
     if (
         trainer.accumulate_grad_batches != 1
         or trainer.gradient_clip_val
-        or str(trainer.precision) != "32-true"
+        or str(trainer.precision) not in ("32-true", "bf16-mixed")
         or trainer.limit_train_batches is not None
         or trainer.max_steps != -1
     ):
         sys.exit(
             f"error: the {loop} implements the default trainer config only (no accumulation, clipping, "
-            "mixed precision, batch limits or max_steps)"
+            "precision other than 32-true or bf16-mixed, batch limits or max_steps)"
         )
 
 
-def bare_loop(cfg, on_epoch_end=None) -> dict:
-    """The minimal loop; times each epoch (training + validation) and the start-up, like the engines.
+def bare_loop(cfg, on_epoch_end=None, device: str = "cpu") -> dict:
+    """The minimal loop; times each epoch (training + validation) and the start-up, like the engines. On
+    `device` (benchmarks/gpu_check.py runs it on a GPU with data.loader=tensor: the batches are already there),
+    under bfloat16 autocast when trainer.precision is bf16-mixed.
 
     The middle rung of a ladder: tour/05_training_loop.py teaches this loop on toy data; here it runs on this
     project's data, model, optimizer and schedule (the floor the engines are measured against); engines/raw.py
@@ -581,11 +583,12 @@ def bare_loop(cfg, on_epoch_end=None) -> dict:
     trainer = cfg.trainer
     check_default_trainer(cfg, "bare loop")
     launch.seed_everything(cfg.seed)  # as launch.train does: the same initial weights as the engines
-    data = DataPipeline(cfg.data, seed=cfg.seed)
+    data = DataPipeline(cfg.data, seed=cfg.seed, device=device)
     data.prepare_data()
     data.setup("fit")
     train_loader, val_loader = data.train_dataloader(), data.val_dataloader()
-    model = build_model(cfg.model)
+    model = build_model(cfg.model).to(device)
+    autocast = torch.autocast(torch.device(device).type, torch.bfloat16, enabled=trainer.precision == "bf16-mixed")
     optimizer, schedule = task.configure_optimizers(cfg, model, total_steps=trainer.max_epochs * len(train_loader))
     if schedule and schedule.interval != "step":
         sys.exit("error: the bare loop steps step-interval schedulers only (the default, onecycle)")
@@ -596,17 +599,21 @@ def bare_loop(cfg, on_epoch_end=None) -> dict:
         train_loader.sampler.set_epoch(epoch)  # the engines' data order
         model.train()
         for inputs, targets in train_loader:
-            loss = F.cross_entropy(model(inputs), targets)
+            inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            with autocast:
+                loss = F.cross_entropy(model(inputs), targets)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if schedule:
                 schedule.scheduler.step()
         model.eval()
-        loss_sum, correct, count = torch.zeros(()), torch.zeros((), dtype=torch.int64), 0
+        loss_sum, correct, count = torch.zeros((), device=device), torch.zeros((), dtype=torch.int64, device=device), 0
         with torch.no_grad():
             for inputs, targets in val_loader:
-                logits = model(inputs)
+                inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+                with autocast:
+                    logits = model(inputs)
                 loss_sum += F.cross_entropy(logits, targets, reduction="sum")
                 correct += (logits.argmax(dim=1) == targets).sum()
                 count += len(targets)

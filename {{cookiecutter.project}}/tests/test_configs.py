@@ -82,13 +82,14 @@ def test_config_composes_and_resolves(group, option):
     cfg = compose_train([f"{group}={option}"] if group not in ("hydra",) else [])
     resolved = OmegaConf.to_container(cfg, resolve=True)  # every interpolation has a value
     assert resolved["seed"] == 42
-    if group == "experiment" and cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
+    if group == "experiment" and cfg.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         with pytest.raises(UserError, match="trainer=cpu"):  # experiment=cifar10 is a GPU recipe
             check_config(cfg)
         return
-    if group == "trainer" and option in ("gpu", "mps", "ddp"):
+    if group == "trainer" and option in ("gpu", "cuda", "mps", "ddp"):
         available = {
             "gpu": torch.cuda.is_available(),
+            "cuda": torch.cuda.is_available(),
             "mps": torch.backends.mps.is_available(),
             "ddp": torch.cuda.device_count() >= cfg.trainer.devices,
         }[option]

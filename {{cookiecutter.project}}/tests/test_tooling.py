@@ -41,6 +41,7 @@ def test_help_lists_every_target():
         ("serve", "serve.py engine=raw seed=3"),
         ("compare", "compare.py engine=raw seed=3"),
         ("test", "-m pytest engine=raw seed=3"),
+        ("gpu-check", "benchmarks/gpu_check.py engine=raw seed=3"),
         ("lint", "-m ruff check . && {python} -m ruff format --check ."),
         ("format", "-m ruff format . && {python} -m ruff check --fix ."),
         ("tensorboard", "-m tensorboard.main --logdir logs --host 127.0.0.1 --port 6006"),

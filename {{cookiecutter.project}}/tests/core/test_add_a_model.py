@@ -5,7 +5,6 @@ each engine and takes its checkpoints through evaluate.py, export.py and predict
 import filecmp
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -18,14 +17,36 @@ from conftest import PROJECT_ROOT, SHORT_RUN
 # Not the project: what running it leaves behind (top-level folders; caches anywhere), and what a copy never needs.
 RUN_OUTPUTS = ("logs", "data", "outputs", ".venv", ".git")
 CACHES = ("__pycache__", ".pytest_cache", ".ruff_cache")
-BLOCK = re.compile(r"```(?P<language>python|yaml)\n# (?P<path>\S+)\n(?P<body>.*?)```", re.DOTALL)
 
 
-def readme_files() -> dict[str, str]:
-    """The README's "Add your own model" section: {path in the project: contents} of each code block."""
-    readme = (PROJECT_ROOT / "README.md").read_text()
-    section = readme.split("## Add your own model\n", 1)[1].split("\n## ", 1)[0]
-    return {match["path"]: f"# {match['path']}\n{match['body']}" for match in BLOCK.finditer(section)}
+# The README's "Add your own model", file by file (the template's own tests hold the README to these).
+EXAMPLE = {
+    "src/{{ cookiecutter.package }}/core/models/linear.py": """\
+# src/{{ cookiecutter.package }}/core/models/linear.py
+import torch
+from torch import nn
+
+from .checks import PROBABILITY, require
+
+
+class LinearClassifier(nn.Module):  # logistic regression on the flattened image
+    def __init__(self, in_channels: int, image_size: int, num_classes: int, dropout: float = 0.0) -> None:
+        require("dropout", dropout, PROBABILITY)  # model.dropout=2: one line, before any work
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(in_channels * image_size**2, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+""",
+    "configs/model/linear.yaml": """\
+# configs/model/linear.yaml
+_target_: {{ cookiecutter.package }}.core.models.linear.LinearClassifier
+in_channels: ${data.channels}
+image_size: ${data.image_size}
+num_classes: ${data.num_classes}
+dropout: 0.1
+""",
+}
 
 
 def left_out(parts: tuple[str, ...]) -> bool:
@@ -61,7 +82,7 @@ def test_a_model_added_as_the_readme_says_trains_evaluates_exports_and_predicts(
     from PIL import Image
     from sklearn.datasets import load_digits
 
-    files = readme_files()
+    files = dict(EXAMPLE)
     [module] = [path for path in files if path.endswith(".py")]
     [config] = [path for path in files if path.startswith("configs/model/")]
     assert module.startswith("src/") and "/core/models/" in module and len(files) == 2

@@ -43,6 +43,10 @@ METRICS_KEYS = {
     "run_dir",
     "tags",
     "weights_from",
+    "matmul_precision",  # the device settings the run trained under (run/device.py)
+    "cudnn_benchmark",
+    "channels_last",
+    "pin_memory",
 }
 
 
@@ -142,7 +146,7 @@ def test_gpu_on_a_machine_without_one_names_the_fix_and_leaves_no_folder(log_dir
     for run in runs:
         _, stderr = run.communicate(timeout=120)
         assert run.returncode == 1
-        assert "trainer.accelerator=gpu needs a CUDA GPU" in stderr and "trainer=cpu" in stderr
+        assert "trainer.accelerator=cuda needs a CUDA GPU" in stderr and "trainer=cpu" in stderr
         assert "Traceback" not in stderr
     assert not log_dir.exists()  # refused before any work: no run folder left
 
@@ -165,8 +169,8 @@ def test_runs_started_in_the_same_second_get_their_own_folders(monkeypatch, tmp_
 
 
 def test_raw_engine_refuses_a_trainer_key_it_does_not_implement(tmp_path):
-    cfg = compose_train(["engine=raw", "+trainer.benchmark=true"])
-    with pytest.raises(UserError, match=r"trainer\.benchmark is not implemented by engine=raw"):
+    cfg = compose_train(["engine=raw", "+trainer.sync_batchnorm=true"])
+    with pytest.raises(UserError, match=r"trainer\.sync_batchnorm is not implemented by engine=raw"):
         raw_fit(cfg, tmp_path)
     assert not any(tmp_path.iterdir())  # refused before anything was written
 

@@ -113,6 +113,11 @@ class Augmented(Dataset):
         return image, label
 
 
+def memory_format(inputs: torch.Tensor, channels_last: bool) -> torch.memory_format:
+    """The memory format of a batch of inputs on the device: channels_last (NHWC) for images when asked."""
+    return torch.channels_last if channels_last and inputs.dim() == 4 else torch.preserve_format
+
+
 class DataPipeline:
     """Datasets and loaders for `data=<name>`, split deterministically from the seed."""
 
@@ -169,6 +174,13 @@ class DataPipeline:
         self.resume_batches = 0
         return loader
 
+    channels_last = False  # the engines set it from run/device.py (channels_last=true, on CUDA)
+
+    def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int = 0) -> tuple:
+        """A batch on the training device as the model takes it: under channels_last, images in NHWC (Lightning calls
+        this hook of its DataModule; engine=raw's batch_to_device applies the same memory_format)."""
+        return batch[0].to(memory_format=memory_format(batch[0], self.channels_last)), *batch[1:]
+
     def resume(self, batches_done: int) -> None:
         """A checkpoint written `batches_done` batches into an epoch: the next train loader's first pass starts
         after them, so that the resumed run trains on the batches the uninterrupted run would."""
@@ -210,7 +222,7 @@ class DataPipeline:
             batch_size=self.cfg.batch_size,
             sampler=sampler,
             num_workers=workers,
-            pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
+            pin_memory=self.cfg.pin_memory and self.device.type == "cuda",  # pinned pages help host-to-GPU copies only
             persistent_workers=workers > 0,
             # A private generator: creating a loader iterator must not draw from the global RNG, or the
             # engines' dropout masks would depend on how often each one builds iterators.

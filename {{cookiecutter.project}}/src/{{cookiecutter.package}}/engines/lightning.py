@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from torchmetrics import Metric
 
 from ..core import data, task
-from ..run import console
+from ..run import console, device
 from ..run.checkpoint import initial_model
 from ..watching import loggers
 from .lightning_parity import (
@@ -37,8 +37,10 @@ from .lightning_parity import (
 def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[str, Any]:
     """Train with validation every epoch, then test with the best checkpoint. Returns the final metrics."""
     console.quiet_lightning()
+    settings = device.apply(cfg, device.on_cuda(cfg.trainer.accelerator))  # CUDA speed settings, as engine=raw
     datamodule = DataModule(cfg.data, seed=cfg.seed, batch_limits=cfg.trainer)
     module = Classifier(initial_model(cfg), cfg)
+    datamodule.channels_last = settings.channels_last  # its on_after_batch_transfer: NHWC images on CUDA
     checkpoints = run_dir / "checkpoints"
     best = ModelCheckpoint(
         dirpath=checkpoints,
@@ -82,17 +84,18 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
         "best_score": best.best_model_score.item() if best.best_model_score is not None else None,
         "monitor": best.monitor,
         **{k: v.item() for k, v in trainer.callback_metrics.items() if k.startswith("test/")},
-        "epoch_times_s": [round(t, 4) for t in timer.times],
-        "train_started_at": timer.train_started_at,
+        **timer.recorded(),
+        **device.recorded(settings, trainer.train_dataloader),
     }
 
 
 def trainer_arguments(cfg: DictConfig) -> dict[str, Any]:
     """lightning.Trainer arguments: configs/trainer/*.yaml as they are, the debug switch, the console as
-    engine=raw's (no model summary), data.py's DistributedSampler, the one engine=raw uses, and for
-    profiler=pytorch engine=raw's schedule."""
+    engine=raw's (no model summary), data.py's DistributedSampler, the one engine=raw uses, for
+    profiler=pytorch engine=raw's schedule, and trainer.benchmark resolved for the device (run/device.py)."""
     return {
         **cfg.trainer,
+        "benchmark": device.resolve(cfg, device.on_cuda(cfg.trainer.accelerator)).benchmark,
         "enable_progress_bar": console.progress_bar_enabled(cfg.trainer),
         "enable_model_summary": False,
         "detect_anomaly": bool(cfg.debug.detect_anomaly),
@@ -103,7 +106,8 @@ def trainer_arguments(cfg: DictConfig) -> dict[str, Any]:
 
 # -- device --
 # Trainer(accelerator, devices): the accelerator connector picks the device, the strategy moves the model and
-# LightningModule.transfer_batch_to_device each batch.
+# LightningModule.transfer_batch_to_device each batch (non-blocking copies to CUDA). Trainer(benchmark) sets
+# cudnn.benchmark; fit sets the matmul precision, initial_model and DataModule the channels_last format (run/device.py).
 
 # -- precision --
 # Trainer(precision): the precision plugin runs the steps under torch.autocast (bf16/fp16-mixed), casts to float64

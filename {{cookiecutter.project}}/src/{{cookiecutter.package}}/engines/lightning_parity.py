@@ -81,6 +81,10 @@ class EpochTimer(L.Callback):
             self.times.append(time.perf_counter() - self.started)
         console.print_epoch(trainer.current_epoch, trainer.callback_metrics)
 
+    def recorded(self) -> dict:
+        """metrics.json's epoch times and the end of start-up, as engine=raw records them."""
+        return {"epoch_times_s": [round(t, 4) for t in self.times], "train_started_at": self.train_started_at}
+
 
 # -- non-finite loss --
 

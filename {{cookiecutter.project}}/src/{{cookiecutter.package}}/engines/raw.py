@@ -29,9 +29,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from ..core import task
-from ..core.data import DataPipeline, limit_batches
+from ..core.data import DataPipeline, limit_batches, memory_format
 from ..core.errors import TrainingStopped, UserError
-from ..run import console
+from ..run import console, device
 from ..run.checkpoint import (
     get_rng_state,
     initial_model,
@@ -63,6 +63,7 @@ SUPPORTED_TRAINER_KEYS = {
     "log_every_n_steps",
     "enable_progress_bar",
     "deterministic",
+    "benchmark",
     "strategy",
     "num_nodes",
     "fast_dev_run",
@@ -84,7 +85,8 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
     trainer.world = current_world()  # rank 0 of 1 unless trainer.strategy=ddp
     trainer.device = pick_device(cfg.trainer.accelerator, trainer.world.local_rank)
     trainer.precision = parse_precision(str(cfg.trainer.precision), trainer.device)
-    set_deterministic(cfg.trainer.deterministic)
+    trainer.device_settings = device.apply(cfg, trainer.device.type == "cuda")  # CUDA speed settings, run/device.py
+    set_deterministic(cfg.trainer.deterministic, trainer.device_settings.benchmark)
     torch.autograd.set_detect_anomaly(bool(cfg.debug.detect_anomaly))  # debug=anomaly: slow, names the bad op
 
     # The data pipeline the Lightning engine wraps in a LightningDataModule, its hooks called by hand.
@@ -133,6 +135,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
         **{f"test/{k}": v for k, v in test_metrics.items()},
         "epoch_times_s": [round(t, 4) for t in trainer.epoch_times],
         "train_started_at": trainer.train_started_at,
+        **device.recorded(trainer.device_settings, trainer.train_loader),
     }
 
 
@@ -143,6 +146,7 @@ class Trainer:
 
     world: World
     device: torch.device
+    device_settings: device.DeviceSettings
     precision: "Precision"
     data: DataPipeline
     train_loader: DataLoader
@@ -235,12 +239,15 @@ def pick_device(accelerator: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def batch_to_device(batch: Batch, device: torch.device, precision: "Precision") -> Batch:
+def batch_to_device(batch: Batch, device: torch.device, precision: "Precision", channels_last: bool = False) -> Batch:
     """LightningModule.transfer_batch_to_device, then the precision plugin's convert_input: floating-point inputs in
-    the parameter dtype (float64 under 64-true); other inputs (token ids, masks) keep their dtype, as in Lightning."""
+    the parameter dtype (float64 under 64-true); other inputs (token ids, masks) keep their dtype, as in Lightning.
+    The copies do not wait: from the pinned memory of a loader with data.pin_memory they overlap the GPU's work
+    (from other memory they are ordinary copies). channels_last: 4-d inputs in NHWC (run/device.py)."""
     inputs, targets = batch
     dtype = precision.param_dtype if inputs.is_floating_point() else None
-    return inputs.to(device, dtype=dtype, non_blocking=True), targets.to(device, non_blocking=True)
+    inputs = inputs.to(device, dtype=dtype, non_blocking=True, memory_format=memory_format(inputs, channels_last))
+    return inputs, targets.to(device, non_blocking=True)
 
 
 # -- precision --
@@ -277,14 +284,18 @@ def autocast(device: torch.device, precision: Precision):
     return torch.autocast(device.type, dtype=precision.autocast_dtype)
 
 
-def set_deterministic(deterministic: bool | str) -> None:
-    """Trainer(deterministic=True | "warn" | False), set as Lightning sets it: deterministic kernels, with an error
-    (a warning) where an op has none; False switches them off again. Off, torch's default, needs no call: the
+def set_deterministic(deterministic: bool | str, benchmark: bool | None = None) -> None:
+    """Trainer(deterministic=True | "warn" | False, benchmark=...), set as Lightning's _set_torch_flags sets them:
+    cudnn.benchmark as given (None: off under deterministic, else left as it is); deterministic kernels, with an
+    error (a warning) where an op has none; False switches them off again. Off, torch's default, needs no call: the
     call imports torch's compiler (torch._dynamo, a second of start-up: benchmarks/README.md) to set its flag too."""
+    if deterministic and benchmark is None:
+        benchmark = False
+    if benchmark is not None:
+        torch.backends.cudnn.benchmark = benchmark
     if deterministic or torch.are_deterministic_algorithms_enabled():
         torch.use_deterministic_algorithms(bool(deterministic), warn_only=deterministic == "warn")
     if deterministic:
-        torch.backends.cudnn.benchmark = False
         os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"  # cuBLAS needs it to be deterministic
 
 
@@ -417,7 +428,7 @@ def estimated_stepping_batches(trainer: Trainer) -> int:
 def training_step(trainer: Trainer, batch: Batch) -> torch.Tensor:
     """LightningModule.training_step (task.py), with what the Trainer wraps around it: the batch moved to the
     device, autocast, and the non-finite guard's record (on the device: no host sync)."""
-    inputs, targets = batch_to_device(batch, trainer.device, trainer.precision)
+    inputs, targets = batch_to_device(batch, trainer.device, trainer.precision, trainer.device_settings.channels_last)
     with autocast(trainer.device, trainer.precision):
         loss = task.training_step(trainer.ddp_model, (inputs, targets), trainer.label_smoothing)
     trainer.non_finite.record(loss, inputs, trainer.current_epoch, trainer.global_step)
@@ -500,7 +511,12 @@ def validation_loop(trainer: Trainer) -> None:
     ModelCheckpoint(monitor) and EarlyStopping do with its metrics: best.ckpt is rewritten when `monitor` improved,
     at the epoch's end or, when validation may run inside it, at once (and last.ckpt too)."""
     trainer.val_metrics = evaluation_loop(
-        trainer.ddp_model, trainer.val_loader, trainer.num_val_batches, trainer.device, trainer.precision
+        trainer.ddp_model,
+        trainer.val_loader,
+        trainer.num_val_batches,
+        trainer.device,
+        trainer.precision,
+        channels_last=trainer.device_settings.channels_last,
     )
     log_metrics(
         trainer,
@@ -539,6 +555,7 @@ def test_loop(trainer: Trainer) -> dict[str, float]:
         trainer.device,
         trainer.precision,
         observe=trainer.summaries.on_test_batch_end,
+        channels_last=trainer.device_settings.channels_last,
     )
     log_metrics(
         trainer,
@@ -560,13 +577,14 @@ def evaluation_loop(
     device: torch.device,
     precision: Precision,
     observe: Callable[..., None] | None = None,
+    channels_last: bool = False,
 ) -> dict[str, float]:
     """Mean loss over samples and accuracy, in eval mode (dropout off, batch-norm running statistics), from
     LightningModule.validation_step / test_step (task.py). `observe(inputs, logits, targets)` sees every batch."""
     model.eval()
     loss_sum, correct, count = (torch.zeros((), device=device) for _ in range(3))
     for batch in itertools.islice(loader, num_batches):
-        inputs, targets = batch_to_device(batch, device, precision)
+        inputs, targets = batch_to_device(batch, device, precision, channels_last)
         with autocast(device, precision):
             batch_loss_sum, logits = task.evaluation_step(model, (inputs, targets))
         loss_sum += batch_loss_sum

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..core.errors import UserError, foreign_reason
 from ..core.models import build_model
+from . import device
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
@@ -179,6 +180,8 @@ def initial_model(cfg: DictConfig) -> nn.Module:
     model = build_model(cfg.model)
     if cfg.get("weights_from") is not None:
         load_weights(Path(cfg.weights_from), model)
+    if device.resolve(cfg, device.on_cuda(cfg.trainer.accelerator)).channels_last:
+        model.to(memory_format=torch.channels_last)  # conv weights in NHWC, as the batches (a move keeps it)
     if cfg.get("compile"):
         model.compile()
     return model

@@ -111,6 +111,10 @@ RULES: dict[str, Rule] = {
     "trainer.log_every_n_steps": WHOLE_1,
     "trainer.enable_progress_bar": BOOLEAN,
     "trainer.deterministic": one_of(True, False, "warn"),
+    "trainer.benchmark": Rule(
+        "null (on when training on CUDA, unless deterministic), true or false",
+        lambda v: v is None or isinstance(v, bool),
+    ),
     "data.batch_size": WHOLE_1,
     "data.num_workers": WHOLE_0,
     "data.num_classes": Rule("a whole number of at least 2", lambda v: whole(v, 2)),
@@ -126,6 +130,11 @@ RULES: dict[str, Rule] = {
     # model.*: each model checks its own arguments (core/models/), and build_model its _target_ and keys.
     "loss.label_smoothing": Rule("a fraction in [0.0, 1.0)", lambda v: number(v) and 0 <= v < 1),
     "compile": BOOLEAN,
+    "matmul_precision": Rule(
+        "null (high on CUDA, torch's default elsewhere), highest, high or medium",
+        lambda v: v is None or v in ("highest", "high", "medium"),  # device.MATMUL_PRECISIONS (no torch here)
+    ),
+    "channels_last": BOOLEAN,
     "optimizer.lr": POSITIVE,
     "optimizer.weight_decay": NON_NEGATIVE,
     "optimizer.momentum": NON_NEGATIVE,

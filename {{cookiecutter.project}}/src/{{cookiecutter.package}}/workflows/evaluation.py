@@ -275,10 +275,11 @@ def evaluate_raw(
 ) -> tuple[dict[str, float], str]:
     """engine=raw: test_loop's evaluation, by hand; the scalars and figures under the training run's test tags."""
     from ..engines import raw
+    from ..run import device as device_settings
 
     device = raw.pick_device(cfg.trainer.accelerator)
     precision = raw.parse_precision(str(cfg.trainer.precision), device)
-    raw.set_deterministic(cfg.trainer.deterministic)
+    raw.set_deterministic(cfg.trainer.deterministic, device_settings.resolve(cfg, device.type == "cuda").benchmark)
     model = model.to(device, precision.param_dtype)
     board = summaries.Summaries(cfg)
     board.on_test_start(device)

@@ -21,6 +21,7 @@ from ..core.data import check_worker_socket
 from ..core.errors import UserError
 from ..core.models import build_model, check_model
 from ..core.task import check_schedule
+from ..run import device
 from ..run.checkpoint import load_for_resume, load_weights, prepare_checkpoint_dir
 from ..run.config_rules import validate
 from ..run.distributed import check_distributed, fail_on_purpose, is_ddp, launch_workers, launched_world, process_group
@@ -114,6 +115,7 @@ def check_config(cfg: DictConfig) -> None:
     check_model(cfg.model)
     check_schedule(cfg.scheduler)
     check_accelerator(cfg.trainer)
+    device.resolve(cfg, device.on_cuda(cfg.trainer.accelerator))  # trainer.benchmark with deterministic
     check_worker_socket(cfg.data)  # TMPDIR short enough for the DataLoader workers
     summaries.Summaries(cfg)  # the TensorBoard switches (the engines read them again)
     loggers.check_installed(cfg)  # a known logger, its library installed
