@@ -39,7 +39,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
     console.quiet_lightning()
     settings = device.apply(cfg, device.on_cuda(cfg.trainer.accelerator))  # CUDA speed settings, as engine=raw
     datamodule = DataModule(cfg.data, seed=cfg.seed, batch_limits=cfg.trainer)
-    module = Classifier(initial_model(cfg), cfg)
+    module = Classifier(initial_model(cfg, settings.channels_last), cfg)
     datamodule.channels_last = settings.channels_last  # its on_after_batch_transfer: NHWC images on CUDA
     checkpoints = run_dir / "checkpoints"
     best = ModelCheckpoint(

@@ -101,9 +101,9 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
     trainer.num_val_batches = limit_batches(len(trainer.val_loader), trainer.limit_val_batches)
     trainer.val_check_batch = val_check_batch(trainer)  # validate after every val_check_batch-th batch
 
-    # The model, on the device in the parameter dtype; under DDP also wrapped (ddp_model), and what
-    # LightningModule.configure_optimizers returns (task.py), for the steps the run will take.
-    trainer.model = initial_model(cfg).to(trainer.device, trainer.precision.param_dtype)
+    # The model on the device in the parameter dtype, under DDP also wrapped; configure_optimizers (task.py) for it.
+    trainer.model = initial_model(cfg, trainer.device_settings.channels_last)
+    trainer.model = trainer.model.to(trainer.device, trainer.precision.param_dtype)
     trainer.ddp_model = wrap_ddp(trainer.model, trainer.device) if is_ddp(cfg.trainer) else trainer.model
     trainer.optimizer, trainer.schedule = task.configure_optimizers(
         cfg, trainer.model, estimated_stepping_batches(trainer)

@@ -13,7 +13,6 @@ from torch import nn
 
 from ..core.errors import UserError, foreign_reason
 from ..core.models import build_model
-from . import device
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
@@ -173,14 +172,15 @@ def load_weights(path: Path, model: nn.Module) -> None:
     model.load_state_dict(weights)
 
 
-def initial_model(cfg: DictConfig) -> nn.Module:
+def initial_model(cfg: DictConfig, channels_last: bool = False) -> nn.Module:
     """The model a training run starts from: configs/model/'s, with the weights of the checkpoint
     `weights_from` when it is set (a new run from them); `compile=true` compiles it in place (its state_dict keys
-    stay the same, so checkpoints load into it as into the plain module)."""
+    stay the same, so checkpoints load into it as into the plain module). `channels_last`: the engine's resolved
+    setting (run/device.py)."""
     model = build_model(cfg.model)
     if cfg.get("weights_from") is not None:
         load_weights(Path(cfg.weights_from), model)
-    if device.resolve(cfg, device.on_cuda(cfg.trainer.accelerator)).channels_last:
+    if channels_last:
         model.to(memory_format=torch.channels_last)  # conv weights in NHWC, as the batches (a move keeps it)
     if cfg.get("compile"):
         model.compile()
