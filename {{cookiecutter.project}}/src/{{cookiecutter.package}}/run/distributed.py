@@ -440,9 +440,26 @@ def fail_on_purpose(debug: Mapping[str, Any]) -> Iterator[None]:
 
 
 def record_error(error: BaseException) -> None:
-    """Write the error where the elastic launcher reads it, so the launching process can name it (once)."""
-    from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+    """Write the error where the elastic launcher reads it (TORCHELASTIC_ERROR_FILE), so the launching process can
+    name it (once), in torch's ErrorHandler format. Written whole, then renamed: the launcher parses the file of every
+    rank that ended, and a rank stopped in the middle of torch's own write (open, then dump) left an empty file, which
+    ended the launcher in a JSONDecodeError traceback instead of the run's one line."""
+    import json
+    import time
+    import traceback
 
-    if not getattr(error, "recorded", False):
-        ErrorHandler().record_exception(error)
-        error.recorded = True
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if getattr(error, "recorded", False) or not path:
+        return
+    stack = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    data = {
+        "message": {
+            "message": f"{type(error).__name__}: {error}",
+            "extraInfo": {"py_callstack": stack, "timestamp": str(int(time.time()))},
+        }
+    }
+    partial = f"{path}.{os.getpid()}.partial"
+    with open(partial, "w") as file:
+        json.dump(data, file)
+    os.replace(partial, path)
+    error.recorded = True
