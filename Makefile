@@ -20,8 +20,10 @@ $(VENV)/.installed: requirements-dev.txt
 demo: venv
 	$(PY) scripts/demo.py
 
+# Two workers: the default bake's full suite (the longest test, about 10 minutes) on one while the other takes the
+# rest; an idle worker takes queued tests from the busy one (worksteal).
 test: venv
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist worksteal
 
 clean:
 	rm -rf build .pytest_cache

@@ -17,6 +17,7 @@ variables, the files, the hooks), and before the environment renders anything it
   `__class__`, `__mro__`), no unsafe callables, should a marker ever get through.
 """
 
+import importlib
 import json
 import keyword
 import re
@@ -80,7 +81,14 @@ def template_strings(value: object) -> set[str]:
     return set()
 
 
-TEMPLATE_CONTEXT = json.loads(Path(__file__).with_name("cookiecutter.json").read_text())
+def on_disk() -> tuple[bytes, bytes]:
+    """This file and cookiecutter.json as they are on disk now."""
+    here = Path(__file__)
+    return here.read_bytes(), here.with_name("cookiecutter.json").read_bytes()
+
+
+LOADED_FROM = on_disk()
+TEMPLATE_CONTEXT = json.loads(LOADED_FROM[1])
 # The template's own expressions (the defaults of `project` and `package`): the only strings with markers allowed,
 # and only before cookiecutter has rendered them.
 TEMPLATE_EXPRESSIONS = {text for text in template_strings(TEMPLATE_CONTEXT)
@@ -88,8 +96,9 @@ TEMPLATE_EXPRESSIONS = {text for text in template_strings(TEMPLATE_CONTEXT)
 CHOICES = {key: value for key, value in TEMPLATE_CONTEXT.items() if isinstance(value, list) and not key.startswith("_")}
 BOOLEANS = {key for key, value in TEMPLATE_CONTEXT.items() if isinstance(value, bool)}
 TEXTS = {key for key, value in TEMPLATE_CONTEXT.items() if isinstance(value, str) and not key.startswith("_")}
-# Private keys that cookiecutter itself sets after it has read a replay file: whatever the file says is replaced.
-SET_BY_COOKIECUTTER = {"_template", "_output_dir", "_repo_dir", "_checkout"}
+# Private keys that cookiecutter itself sets after it has read a replay file: whatever the file says is replaced;
+# and `_commit`, the template commit that cruft (`cruft create`, `cruft update`) records: no file reads it.
+SET_BY_COOKIECUTTER = {"_template", "_output_dir", "_repo_dir", "_checkout", "_commit"}
 
 
 # Modules the generated project imports, its dependencies import, or its layout uses: a package of the same name
@@ -98,7 +107,7 @@ SET_BY_COOKIECUTTER = {"_template", "_output_dir", "_repo_dir", "_checkout"}
 SHADOWED = {
     "tests", "test", "configs", "tour", "train", "evaluate", "compare", "export", "predict", "serve", "src",
     "benchmarks", "slurm", "__main__", "sitecustomize", "usercustomize", "pkg_resources", "submitit",
-    "hydra_plugins", "cookiecutter",
+    "hydra_plugins", "cookiecutter", "pytest_timeout",
     "absl", "antlr4", "cloudpickle", "contourpy", "cuda", "cycler", "dateutil", "filelock", "fonttools", "fsspec",
     "functorch", "google", "grpc", "hydra", "iniconfig", "isympy", "jinja2", "joblib", "kiwisolver", "lightning",
     "lightning_fabric", "lightning_utilities", "markdown", "markupsafe", "matplotlib", "mpl_toolkits", "mpmath",
@@ -212,7 +221,9 @@ def check_values(values: dict, originals: dict | None = None, rendered: bool = F
             continue
         if key not in TEMPLATE_CONTEXT:
             raise RefusedValue(f"error: {key} is not a variable of this template (cookiecutter.json): remove it")
-        message = type_problem(key, value) if rendered else None  # before, the choices are still their lists
+        # Before rendering the choices are still their lists; a text or a yes/no given as a list or an object (a
+        # JSON --extra-context, as cruft takes) would be rendered as a choice, its Jinja run.
+        message = type_problem(key, value) if rendered or key not in CHOICES else None
         if message:
             raise RefusedValue(f"error: {key} {shown(value)} {message}")
         if not isinstance(value, str) or (value in TEMPLATE_EXPRESSIONS and not rendered):
@@ -253,16 +264,37 @@ def context_being_loaded() -> dict:
     return {}
 
 
+def run_by_cruft_command_line() -> bool:
+    """Whether the `cruft` command (cruft create / update) is what renders the template."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__") == "cruft._cli":
+            return True
+        frame = frame.f_back
+    return False
+
+
 class Sandboxed(Extension):
     """Checks the values, then gives this environment Jinja's sandbox (see the module docstring)."""
 
     def __init__(self, environment: Environment) -> None:
+        if on_disk() != LOADED_FROM:
+            # `cruft update` renders two commits of the template in one process, the second checked out over the
+            # first: without a reload the second would be checked by the first's rules and cookiecutter.json.
+            importlib.reload(sys.modules[__name__])
         super().__init__(environment)
         context = context_being_loaded()
         values = context.get("cookiecutter", {})
-        # cookiecutter adds _template (and _output_dir, ...) once the values are final: prompted and rendered, or
-        # read from a replay file, which it never renders.
-        check_values(values, context.get("_cookiecutter"), rendered="_template" in values)
+        try:
+            # cookiecutter adds _template (and _output_dir, ...) once the values are final: prompted and rendered,
+            # or read from a replay file, which it never renders.
+            check_values(values, context.get("_cookiecutter"), rendered="_template" in values)
+        except RefusedValue as refused:
+            if not run_by_cruft_command_line():
+                raise  # cookiecutter's command line prints it as one line
+            # cruft's would show a page of traceback around it
+            print(refused, file=sys.stderr)
+            raise SystemExit(1) from None
         if not isinstance(environment, SandboxedEnvironment):
             # cookiecutter builds its own StrictEnvironment: give this one the sandbox's methods (getattr, call,
             # is_safe_attribute, ...) and the compiler's `sandboxed` flag, as SandboxedEnvironment.__init__ would.

@@ -31,3 +31,9 @@ def default_bake(cookies_session):
     result = cookies_session.bake(template=str(TEMPLATE))
     assert result.exit_code == 0, result.exception
     return result.project_path
+
+
+def pytest_collection_modifyitems(items):
+    """The default bake's full suite first: under make test's two xdist workers it starts at once, and the other
+    worker takes the rest."""
+    items.sort(key=lambda item: item.name != "test_baked_project_full_suite_passes")

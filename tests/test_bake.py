@@ -29,39 +29,58 @@ PACKAGE_FILES = {f"src/pytorch_intro/{name}.py" for name in (
     *(f"run/{name}" for name in ("__init__", "checkpoint", "config_rules", "console", "device", "distributed",
                                  "guards", "rundir")),
     "watching/__init__", "watching/loggers", "watching/summaries",
-    "engines/__init__", "engines/raw", "engines/lightning", "engines/lightning_parity",
-    *(f"workflows/{name}" for name in ("__init__", "comparison", "evaluation", "exporting", "hparam_search", "launch",
-                                       "prediction", "serving", "worker")),
+    "engines/__init__", "engines/minimal", "engines/fabric", "engines/raw", "engines/lightning",
+    "engines/lightning_parity",
+    *(f"workflows/{name}" for name in ("__init__", "comparison", "evaluation", "launch", "worker")),
 )}
 TEST_FILES = {f"tests/{name}.py" for name in (
     "conftest", "datasets_on_disk", "in_process", "workflows/hostile_files",
-    "test_benchmark", "test_configs", "test_doctor", "test_experiments", "test_layers", "test_tooling",
+    "test_configs", "test_doctor", "test_experiments", "test_layers", "test_tooling",
     "core/test_add_a_dataset", "core/test_add_a_model", "core/test_data", "core/test_tensor_loader",
-    *(f"engines/test_{name}" for name in ("debug", "device_settings", "engines", "lightning_parity", "parity",
-                                          "random_parity", "raw_engine", "raw_startup", "token_inputs")),
-    "run/test_ddp", "run/test_kill", "run/test_outputs", "run/test_run_folders", "run/test_validation",
+    *(f"engines/test_{name}" for name in ("debug", "device_settings", "engines", "ladder", "lightning_parity",
+                                          "parity", "random_parity", "raw_engine", "raw_startup", "token_inputs")),
+    "run/test_ddp", "run/test_kill", "run/test_multinode", "run/test_outputs", "run/test_run_folders",
+    "run/test_validation",
     "watching/test_loggers", "watching/test_tensorboard", "watching/test_tensorboard_browser",
-    *(f"workflows/test_{name}" for name in ("compare", "evaluate", "export", "hostile_files", "predict", "search",
-                                          "serve")),
+    *(f"workflows/test_{name}" for name in ("compare", "evaluate", "hostile_files")),
+    "gpu/test_gpu",
 )}
 CONFIG_FILES = {f"configs/{name}.yaml" for name in (
-    "train", "eval", "compare", "export", "predict", "serve", "search",
-    "callbacks/default", "callbacks/early_stopping", "engine/lightning", "engine/raw", "hydra/default",
-    "hydra/launcher/slurm", "paths/default", "hparams_search/optuna",
+    "train", "eval", "compare",
+    "callbacks/default", "callbacks/early_stopping", "hydra/default", "paths/default",
+    *(f"engine/{name}" for name in ("minimal", "fabric", "raw", "lightning")),
     *(f"experiment/{name}" for name in ("digits", "mnist", "fashion_mnist", "cifar10")),
     *(f"data/{name}" for name in ("digits", "mnist", "fashion_mnist", "cifar10")),
     *(f"debug/{name}" for name in ("none", "anomaly", "fdr", "limit", "overfit", "profiler")),
-    *(f"logger/{name}" for name in ("tensorboard", "csv", "many", "mlflow", "none", "wandb")),
+    *(f"logger/{name}" for name in ("tensorboard", "csv", "many", "none")),
     *(f"model/{name}" for name in ("mlp", "cnn", "resnet")),
     *(f"optimizer/{name}" for name in ("sgd", "adam", "adamw", "rmsprop")),
     *(f"scheduler/{name}" for name in ("none", "step", "cosine", "onecycle", "plateau")),
     *(f"trainer/{name}" for name in ("default", "cpu", "cuda", "gpu", "mps", "ddp", "ddp_cpu")),
 )}
-EXPECTED_FILES = TOUR_FILES | PACKAGE_FILES | TEST_FILES | CONFIG_FILES | {
+# The files each include_* option adds (hooks/post_gen_project.py removes them when it is off).
+OPTION_FILES = {
+    "include_tour": TOUR_FILES,
+    "include_deployment": {
+        "export.py", "predict.py", "serve.py", "configs/export.yaml", "configs/predict.yaml", "configs/serve.yaml",
+        *(f"src/pytorch_intro/workflows/{name}.py" for name in ("exporting", "prediction", "serving")),
+        *(f"tests/workflows/{name}.py" for name in ("test_export", "test_predict", "test_serve", "hostile_archives",
+                                                    "test_hostile_archives")),
+    },
+    "include_search": {"search.py", "configs/search.yaml", "configs/hparams_search/optuna.yaml",
+                       "src/pytorch_intro/workflows/hparam_search.py", "tests/workflows/test_search.py"},
+    "include_benchmarks": {
+        *(f"benchmarks/{name}" for name in ("README.md", "engine_overhead.py", "data_loading.py", "gpu.py",
+                                            "gpu_check.py")),
+        "tests/test_benchmark.py", "tests/test_loader_benchmarks.py",
+    },
+    "include_slurm": {"slurm/train.sbatch", "configs/hydra/launcher/slurm.yaml", "tests/test_slurm.py"},
+    "include_extra_loggers": {"configs/logger/mlflow.yaml", "configs/logger/wandb.yaml",
+                              "src/pytorch_intro/watching/extra_loggers.py", "tests/watching/test_extra_loggers.py"},
+}
+EXPECTED_FILES = PACKAGE_FILES | TEST_FILES | CONFIG_FILES | set().union(*OPTION_FILES.values()) | {
     ".github/workflows/ci.yml", ".gitignore", ".pre-commit-config.yaml", ".vscode/launch.json", "LICENSE",
-    "README.md", "COMPARISON.md", "Makefile", "pyproject.toml", "slurm/train.sbatch",
-    "train.py", "evaluate.py", "compare.py", "export.py", "predict.py", "serve.py", "search.py",
-    "benchmarks/README.md", "benchmarks/engine_overhead.py", "benchmarks/data_loading.py", "benchmarks/gpu.py", "benchmarks/gpu_check.py", "tests/gpu/test_gpu.py",
+    "README.md", "COMPARISON.md", "Makefile", "pyproject.toml", "train.py", "evaluate.py", "compare.py",
 }
 # Every value but the default (the first), for every choice variable; booleans flipped.
 OPTION_VALUES = [(key, value) for key, values in CONTEXT.items() if isinstance(values, list) and not key.startswith("_") for value in values[1:]]
@@ -109,7 +128,7 @@ def test_default_bake_has_exactly_the_expected_files(default_bake):
 
 
 def test_every_option_is_covered():
-    assert {key for key, _ in OPTION_VALUES} == {"dataset", "default_engine", "license", "include_tour"}
+    assert {key for key, _ in OPTION_VALUES} == {"dataset", "default_engine", "license", *OPTION_FILES}
 
 
 @pytest.mark.parametrize(("key", "value"), OPTION_VALUES, ids=[f"{k}={v}" for k, v in OPTION_VALUES])
@@ -120,8 +139,8 @@ def test_each_option_value_bakes(cookies, key, value):
     expected = set(EXPECTED_FILES)
     if (key, value) == ("license", "none"):
         expected.discard("LICENSE")
-    if (key, value) == ("include_tour", False):
-        expected -= TOUR_FILES
+    if key in OPTION_FILES and not value:
+        expected -= OPTION_FILES[key]
     assert file_set(project) == expected
     check_rendered_and_valid(project)
     ruff_check(project)
@@ -290,7 +309,8 @@ def test_a_template_injection_on_the_command_line_is_refused_before_it_is_render
 def test_a_template_injection_typed_at_the_prompt_is_refused(tmp_path):
     """At the prompt cookiecutter keeps what was typed as it is; the template refuses it before writing."""
     payload = INJECTIONS[0].replace("MARK", str(tmp_path / "ran"))
-    answers = "\n".join([payload, "", "", "", "", "", "", "", "", ""]) + "\n"
+    prompts = [key for key in CONTEXT if not key.startswith("_")]  # one answer per variable, the first refused
+    answers = "\n".join([payload, *[""] * (len(prompts) - 1)]) + "\n"
     result = subprocess.run([sys.executable, "-m", "cookiecutter", "-o", str(tmp_path / "out"), str(TEMPLATE)],
                             input=answers, capture_output=True, text=True, timeout=120,
                             env={**os.environ, "COOKIECUTTER_CONFIG": str(cookiecutter_config(tmp_path))})

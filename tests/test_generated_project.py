@@ -1,8 +1,11 @@
-"""The baked project's own test suite passes, run with this interpreter (no virtualenv per bake)."""
+"""The baked project's own test suites pass, run with this interpreter (no virtualenv per bake): the default bake's
+full suite (`make test-full`), and its fast tier (plain `pytest`, the README's quick start) with only the dev extra."""
 
 import os
+import re
 import subprocess
 import sys
+import tomllib
 
 import pytest
 
@@ -17,27 +20,28 @@ def installed_project(default_bake, tmp_path_factory):
     return default_bake, site
 
 
-# A guard against a hang, not a speed test: the suite takes about 5 minutes on a quiet 2-core machine and three
-# times that or more on a loaded one; CI allows 90 minutes in all.
+# Guards against a hang, not speed tests: the full suite takes about 10 minutes on a quiet 2-core machine, the fast
+# tier 3, and three times that or more on a loaded one; CI allows 90 minutes in all. pytest-timeout's limit for each
+# test stays above its own, which stops the suite and reports where it was.
 SUITE_TIMEOUT_S = 75 * 60
+FAST_TIER_TIMEOUT_S = 30 * 60
 
 
-def test_baked_project_suite_passes(installed_project, tmp_path_factory):
-    project, site = installed_project
-    env = {**os.environ, "PYTHONPATH": str(site)}
-    # The whole output goes to a file as it is written (-v: each test's name, so that a hang shows where it is), and
-    # a failure's whole report (from pytest's FAILURES section on) into the assertion message: it reaches the CI log.
-    log = tmp_path_factory.mktemp("baked-suite") / "pytest.log"
+def run_suite(project, pythonpath: str, options: list[str], timeout_s: float, log) -> list[str]:
+    """`python -m pytest -v options...` in the bake; its output lines. The whole output goes to `log` as it is written
+    (-v: each test's name, so that a hang shows where it is); a failure's whole report (from pytest's FAILURES section
+    on) goes into the failure message: it reaches the CI log."""
+    env = {**os.environ, "PYTHONPATH": pythonpath}
     with log.open("w") as output:
-        suite = subprocess.Popen([sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider"], cwd=project,
-                                 env=env, stdout=output, stderr=subprocess.STDOUT, text=True)
+        suite = subprocess.Popen([sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", *options],
+                                 cwd=project, env=env, stdout=output, stderr=subprocess.STDOUT, text=True)
         try:
-            returncode = suite.wait(timeout=SUITE_TIMEOUT_S)
+            returncode = suite.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             suite.kill()
             suite.wait()
             tail = log.read_text().splitlines()[-80:]
-            pytest.fail(f"the baked project's suite ran past {SUITE_TIMEOUT_S} s; its whole output: {log}; its last "
+            pytest.fail(f"the baked project's suite ran past {timeout_s} s; its whole output: {log}; its last "
                         "lines (the test it was in comes last):\n" + "\n".join(tail), pytrace=False)
     lines = log.read_text().splitlines()
     if returncode != 0:
@@ -46,3 +50,77 @@ def test_baked_project_suite_passes(installed_project, tmp_path_factory):
         pytest.fail(f"the baked project's suite failed (exit code {returncode}); its whole output: {log}\n"
                     + "\n".join(lines[start:]), pytrace=False)
     assert " passed" in lines[-1] and "failed" not in lines[-1], lines[-1]
+    return lines
+
+
+@pytest.mark.timeout(SUITE_TIMEOUT_S + 300)
+def test_baked_project_full_suite_passes(installed_project, tmp_path_factory):
+    project, site = installed_project
+    log = tmp_path_factory.mktemp("full-suite") / "pytest.log"
+    lines = run_suite(project, str(site), ["-m", ""], SUITE_TIMEOUT_S, log)
+    assert not any(" deselected" in line for line in lines[-3:]), lines[-1]  # -m "" runs the slow tests too
+
+
+# Each extra of the generated pyproject.toml and the top-level modules it installs (hydra-submitit-launcher: a Hydra
+# plugin and submitit).
+EXTRA_MODULES = {
+    "export": ("onnx", "onnxscript", "onnxruntime"),
+    "serve": ("fastapi", "uvicorn"),
+    "mlflow": ("mlflow",),
+    "wandb": ("wandb",),
+    "slurm": ("hydra_plugins.hydra_submitit_launcher", "submitit"),
+}
+# The extras some test needs (and so skips without, naming the extra); slurm's config is tested without its plugin.
+TESTED_EXTRAS = {"export", "serve", "mlflow", "wandb"}
+
+# As in a virtual environment made as the README's quick start says (`pip install -e ".[dev]"`): the extras' modules
+# are not there. `None` in sys.modules is how Python spells "not installed" for both `import` (ModuleNotFoundError)
+# and importlib.util.find_spec (None). As sitecustomize.py on PYTHONPATH it holds in every Python process the suite
+# starts too (training subprocesses, DDP workers, DataLoader workers).
+ONLY_DEV_EXTRA = '''"""The extras' modules are not installed (tests/test_generated_project.py)."""
+import sys
+
+for name in {modules!r}:
+    sys.modules[name] = None
+'''
+
+
+@pytest.mark.timeout(FAST_TIER_TIMEOUT_S + 300)
+def test_the_quick_starts_pytest_passes_with_only_the_dev_extra(installed_project, tmp_path_factory):
+    project, site = installed_project
+    extras = set(tomllib.loads((project / "pyproject.toml").read_text())["project"]["optional-dependencies"]) - {"dev"}
+    assert extras <= set(EXTRA_MODULES), f"name the modules of the new extras {extras - set(EXTRA_MODULES)} above"
+    blocked = sorted(module for extra in extras for module in EXTRA_MODULES[extra])
+    only_dev = tmp_path_factory.mktemp("only-dev-extra")
+    (only_dev / "sitecustomize.py").write_text(ONLY_DEV_EXTRA.format(modules=blocked))
+    pythonpath = f"{only_dev}{os.pathsep}{site}"
+
+    probe = "import importlib.util, sys; sys.exit(sum(importlib.util.find_spec(m) is not None for m in sys.argv[1:]))"
+    visible = subprocess.run([sys.executable, "-c", probe, *blocked], check=False,
+                             env={**os.environ, "PYTHONPATH": pythonpath})
+    assert visible.returncode == 0, f"{visible.returncode} of {blocked} can still be imported"
+
+    lines = run_suite(project, pythonpath, [], FAST_TIER_TIMEOUT_S, only_dev / "pytest.log")
+    assert " deselected" in lines[-1], lines[-1]  # plain pytest is the fast tier: the slow tests are left out
+    skipped = [line for line in lines if line.startswith("SKIPPED")]
+    named = {extra for line in skipped for extra in re.findall(r"""pip install -e ['"]\.\[(\w+)\]['"]""", line)}
+    assert named >= TESTED_EXTRAS & extras, "\n".join(skipped)
+
+
+def test_the_workflow_runs_the_fast_tier_on_push_and_the_full_suite_weekly_and_by_hand(default_bake):
+    import yaml
+
+    workflow = yaml.safe_load((default_bake / ".github" / "workflows" / "ci.yml").read_text())
+    triggers = workflow[True]  # YAML 1.1 reads the key `on` as true
+    assert set(triggers) == {"push", "pull_request", "schedule", "workflow_dispatch"}
+    assert re.fullmatch(r"\d+ \d+ \* \* \d", triggers["schedule"][0]["cron"])  # weekly
+    jobs = workflow["jobs"]
+    runs = {name: [step["run"] for step in job["steps"] if "run" in step] for name, job in jobs.items()}
+    assert "github.event_name == 'push'" in jobs["fast"]["if"]
+    assert "github.event_name == 'schedule'" in jobs["full"]["if"]
+    assert "workflow_dispatch" in jobs["full"]["if"]
+    assert runs["fast"][-1] == "pytest" and 'pip install -e ".[dev]"' in runs["fast"]  # the quick start, as written
+    assert runs["full"][-1] == 'pytest -m ""'
+    extras = set(tomllib.loads((default_bake / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    [install] = [run for run in runs["full"] if run.startswith("pip install -e")]
+    assert set(re.fullmatch(r'pip install -e "\.\[(.*)\]"', install).group(1).split(",")) == extras - {"slurm"}

@@ -55,7 +55,7 @@ def test_make_gpu_check_dry_run_writes_the_report(default_bake, tmp_path):
     assert set(bench["runs"]) == {
         "raw-compile-false",
         "lightning-compile-false",
-        "bare-loop",
+        "minimal-compile-false",
     }
     assert all(
         row["epoch_s"] > 0 and row["samples_per_s"] > 0

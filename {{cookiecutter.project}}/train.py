@@ -48,7 +48,7 @@ def main(cfg: DictConfig) -> float:
         resume = " ".join([*overrides, f"ckpt_path={shlex.quote(str(stop.checkpoint))}"])
         print(f"{stop}\nResume with: python train.py {resume}", file=sys.stderr)
         sys.exit(stop.exit_code)
-    # What a sweeper optimises (search.py reads it from metrics.json): the monitored validation metric of the best
+    # What a sweeper optimises{% if cookiecutter.include_search %} (search.py reads it from metrics.json){% endif %}: the monitored validation metric of the best
     # checkpoint, `monitor` in metrics.json; never a test metric, which would tune on the test set.
     return metrics["best_score"]
 

@@ -1,16 +1,18 @@
-"""What the engines cost on top of a bare PyTorch loop and of Lightning itself: python benchmarks/engine_overhead.py
+"""What each rung of the engine ladder costs, and Lightning itself: python benchmarks/engine_overhead.py
 
-Four trainers do the same training (digits, the default cnn, batch size, optimizer, OneCycleLR and seed of
+Five trainers do the same training (digits, the default cnn, batch size, optimizer, OneCycleLR and seed of
 configs/, so the same losses step for step):
 
-  bare       the minimum: forward, loss, backward, step, zero_grad, scheduler step, and a validation pass
-             (loss and accuracy) at the end of every epoch; no logging, checkpoints, progress bar or checks
+  minimal    python train.py engine=minimal: the loop a learner writes (forward, loss, backward, step, zero_grad,
+             the scheduler, a validation pass per epoch, best and last checkpoints, TensorBoard scalars); the
+             floor every other rung is measured against
+  fabric     python train.py engine=fabric: the same loop under Lightning Fabric
+  raw        python train.py engine=raw: everything lightning.Trainer does, by hand
   floor      the Lightning floor: a LightningModule as short as Lightning allows (training_step returns the loss,
              validation_step logs val/loss and val/acc, configure_optimizers calls task.configure_optimizers) on
              the engine's DataModule, under L.Trainer(logger=False, enable_checkpointing=False, no progress bar or
              model summary; accelerator, devices, precision, max_epochs and deterministic from configs/trainer).
              Trainer(barebones=True) would be shorter still, but it refuses self.log, which validation needs
-  raw        python train.py engine=raw
   lightning  python train.py engine=lightning
 
 and four reference processes, with the same environment:
@@ -22,20 +24,21 @@ and four reference processes, with the same environment:
                                       digits is the default dataset) paths.log_dir=<scratch>
                                       trainer.enable_progress_bar=false, timed from spawn to exit
 
-Every run is its own process, and each repeat runs all of them in turn (bare, floor, raw, lightning, import torch,
-import lightning, train.py engine=raw, train.py engine=lightning, then python -X importtime of each engine), so
-that a slower period of the machine hits all alike. Each figure is given as the median over --repeats and the
-spread (min-max); a ratio is taken within each repeat, then its median and spread over the repeats. Beside the
-wall time of each process (spawn to exit, from this script) is its CPU time (user + sys, from getrusage of the
-children), and the load average is printed before and after. Printed:
+Every run is its own process, and each repeat runs all of them in turn (minimal, fabric, raw, floor, lightning,
+import torch, import lightning, import torch + an optimizer, train.py engine=raw, train.py engine=lightning, then
+python -X importtime of each engine), so that a slower period of the machine hits all alike. Each figure is given
+as the median over --repeats and the spread (min-max); a ratio is taken within each repeat, then its median and
+spread over the repeats. Beside the wall time of each process (spawn to exit, from this script) is its CPU time
+(user + sys, from getrusage of the children), and the load average is printed before and after. Printed:
 
-* time per epoch: training + the validation pass, as metrics.json epoch_times_s measures it in both engines
-  (checkpoint writes after validation are outside it in both; the floor and bare loop time the same span); the
-  median epoch of each run, the ratios raw/bare, lightning/floor, floor/bare (what Lightning itself costs per
-  batch) and lightning/raw, and each difference in ms per epoch and per optimizer step;
+* time per epoch: training + the validation pass, as metrics.json epoch_times_s measures it in every engine
+  (checkpoint writes after validation are outside it; the floor times the same span); the median epoch of each
+  run, the ratios fabric/minimal (what Fabric costs per step), raw/minimal, floor/minimal (what Lightning's
+  Trainer itself costs per batch), lightning/floor and lightning/raw, and each difference in ms per epoch and per
+  optimizer step;
 * start-up: from the process start to the first training step (metrics.json startup_s, timed from train.py's
-  first line; the same clock in the bare loop and the floor), against the wall time of the python -c "import torch"
-  (raw) and "import lightning" (lightning) processes of the same repeat (the targets), and against the import
+  first line; the same clock in the floor), against the wall time of the python -c "import torch" (minimal,
+  raw) and "import lightning" (fabric, lightning) processes of the same repeat (the targets), and against the import
   alone, which those processes print: their wall time also holds the interpreter's start and exit, which
   startup_s does not (a process that imported torch is slow to exit: benchmarks/README.md); and what the
   imports cost (python -X importtime);
@@ -45,8 +48,8 @@ children), and the load average is printed before and after. Printed:
 * time to accuracy: the training time (sum of epoch times, start-up excluded) up to the end of the first
   epoch after which the test-set accuracy of the weights is >= --target. The engines evaluate the test set only
   once, at the end, so the accuracy per epoch comes from separate untimed runs that keep each epoch's weights
-  as the engine writes last.ckpt (the bare loop and the floor: at the end of each epoch) and evaluate them all on
-  the test set with one evaluation function.
+  as the engine writes last.ckpt (the floor: at the end of each epoch) and evaluate them all on the test set
+  with one evaluation function.
 
 --json PATH writes every figure for tools to read, with the keys: environment, arguments, order, load_average
 (before, after), runs (per run name, one dict per repeat: the run's metrics, wall_s, cpu_s), figures (per name:
@@ -62,9 +65,10 @@ made epochs 10 to 40 times slower, and erratic (benchmarks/README.md gives the f
 
 import time
 
-STARTED = time.perf_counter()  # the bare loop's and floor's start-up is timed from here, as train.py times the engines'
+STARTED = time.perf_counter()  # the floor's start-up is timed from here, as train.py times the engines'
 
 import argparse  # noqa: E402
+import importlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
@@ -79,15 +83,21 @@ from importlib.metadata import version  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-TRAINERS = ("bare", "floor", "raw", "lightning")
-ENGINES = ("raw", "lightning")
-# python -c "import <module>" processes: the start-up each engine is held against.
+TRAINERS = ("minimal", "fabric", "raw", "floor", "lightning")
+ENGINES = ("minimal", "fabric", "raw", "lightning")  # python train.py engine=<engine>; the others are this script's
+# python -c "import <module>" processes: the start-up each engine is held against (fabric imports all of lightning).
 REFERENCES = {"import torch": "torch", "import lightning": "lightning"}
+ENGINE_REFERENCES = {
+    "minimal": "import torch",
+    "fabric": "import lightning",
+    "raw": "import torch",
+    "lightning": "import lightning",
+}
 # What any PyTorch training process pays before its first step: torch, and torch._dynamo, which the first optimizer
-# imports (Optimizer.add_param_group is wrapped by torch._disable_dynamo): the floor of a raw start-up.
+# imports (Optimizer.add_param_group is wrapped by torch._disable_dynamo): the floor of a start-up without lightning.
 TRAINING_FLOOR = "import torch + an optimizer"
 TRAINING_FLOOR_CODE = "import torch; torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)"
-DEFAULT_RUNS = tuple(f"train.py engine={engine}" for engine in ENGINES)
+DEFAULT_RUNS = tuple(f"train.py engine={engine}" for engine in ("raw", "lightning"))  # the targets' commands
 IMPORTTIME_RUNS = tuple(f"importtime {engine}" for engine in ENGINES)
 ORDER = (*TRAINERS, *REFERENCES, TRAINING_FLOOR, *DEFAULT_RUNS, *IMPORTTIME_RUNS)  # the runs of one repeat, in turn
 # The training every trainer does: the bundled data and the default model whatever the template's default
@@ -97,12 +107,12 @@ OVERRIDES = ["data=digits", "model=cnn", "trainer.enable_progress_bar=false"]
 # torchmetrics (torchmetrics.functional.image).
 IMPORTS = ("torch", "torchmetrics", "torchvision", "torch.utils.tensorboard", "hydra", "lightning")
 # Per-epoch ratios, each taken within one repeat: the top trainer's median epoch over the bottom one's.
-EPOCH_RATIOS = ("raw / bare", "lightning / floor", "floor / bare", "lightning / raw")
+EPOCH_RATIOS = ("fabric / minimal", "raw / minimal", "floor / minimal", "lightning / floor", "lightning / raw")
 # The issue's targets: (what, figure, limit). A ratio has no unit; a figure in s is a wall time.
 TARGETS = (
     ("raw start-up <= 1.3 x python -c 'import torch'", "start-up raw / import torch", 1.30),
     ("lightning start-up <= 1.05 x python -c 'import lightning'", "start-up lightning / import lightning", 1.05),
-    ("raw / bare per epoch <= 1.03", "epoch raw / bare", 1.03),
+    ("raw / minimal per epoch <= 1.03", "epoch raw / minimal", 1.03),
     ("lightning / floor per epoch <= 1.03", "epoch lightning / floor", 1.03),
     ("python train.py engine=raw <= 4 s", "wall train.py engine=raw", 4.0),
     ("python train.py engine=lightning <= 6 s", "wall train.py engine=lightning", 6.0),
@@ -225,7 +235,7 @@ def run_once(name: str, out: Path, epochs: int, env: dict[str, str]) -> dict:
 
     out.mkdir(parents=True)
     log = out.parent / f"{out.name}.log"
-    if name in ("bare", "floor"):
+    if name == "floor":
         command = [sys.executable, __file__, "--epochs", str(epochs), "--worker", name, str(out / "metrics.json")]
     elif name in ENGINES:
         command = [
@@ -325,7 +335,7 @@ def summarize(runs: dict[str, list[dict]], test_accuracy: dict[str, list[float]]
     for reference, module in REFERENCES.items():
         figures[f"import {module} alone"] = spread([m["import_s"] for m in runs[reference]], "s")
     figures[f"{TRAINING_FLOOR} alone"] = spread([m["import_s"] for m in runs[TRAINING_FLOOR]], "s")
-    for engine, reference in (*zip(ENGINES, REFERENCES, strict=True), ("raw", TRAINING_FLOOR)):
+    for engine, reference in (*ENGINE_REFERENCES.items(), ("minimal", TRAINING_FLOOR), ("raw", TRAINING_FLOOR)):
         pairs = list(zip(runs[engine], runs[reference], strict=True))
         figures[f"start-up {engine} / {reference}"] = spread([m["startup_s"] / r["wall_s"] for m, r in pairs])
         # The same clock on both sides: the reference's import alone leaves out the interpreter's start and exit.
@@ -392,7 +402,7 @@ def summarize(runs: dict[str, list[dict]], test_accuracy: dict[str, list[float]]
         "target_accuracy": target,
         "time_to_accuracy": time_to_accuracy,
         "test_accuracy": test_accuracy,
-        "same_training": all(test_accuracy[t] == test_accuracy["bare"] for t in TRAINERS),
+        "same_training": all(test_accuracy[t] == test_accuracy["minimal"] for t in TRAINERS),
     }
 
 
@@ -453,26 +463,27 @@ def report(summary: dict) -> str:
 
     lines.append("start-up, process start to the first training step (median [min-max]):")
     lines.append("  " + "   ".join(f"{t} {figure(figures[f'start-up {t}'], 2)}" for t in TRAINERS))
-    for engine, reference in zip(ENGINES, REFERENCES, strict=True):
-        module = REFERENCES[reference]
+    for reference, module in REFERENCES.items():
         lines.append(
             f"  python -c 'import {module}': wall {figure(figures[f'wall {reference}'], 2)}, cpu "
             f"{figure(figures[f'cpu {reference}'], 2)}, the import alone "
             f"{figure(figures[f'import {module} alone'], 2)}"
         )
-        lines.append(
-            f"    {engine} start-up / that wall {figure(figures[f'start-up {engine} / {reference}'], 3)}, "
-            f"/ the import alone {figure(figures[f'start-up {engine} / {reference} alone'], 3)}"
-        )
+        for engine in (engine for engine, ref in ENGINE_REFERENCES.items() if ref == reference):
+            lines.append(
+                f"    {engine} start-up / that wall {figure(figures[f'start-up {engine} / {reference}'], 3)}, "
+                f"/ the import alone {figure(figures[f'start-up {engine} / {reference} alone'], 3)}"
+            )
     lines.append(
         f"  python -c '{TRAINING_FLOOR_CODE}' (the floor of any training process): wall "
         f"{figure(figures[f'wall {TRAINING_FLOOR}'], 2)}, its code alone "
         f"{figure(figures[f'{TRAINING_FLOOR} alone'], 2)}"
     )
-    lines.append(
-        f"    raw start-up / that wall {figure(figures[f'start-up raw / {TRAINING_FLOOR}'], 3)}, / its code "
-        f"alone {figure(figures[f'start-up raw / {TRAINING_FLOOR} alone'], 3)}"
-    )
+    for engine in ("minimal", "raw"):
+        lines.append(
+            f"    {engine} start-up / that wall {figure(figures[f'start-up {engine} / {TRAINING_FLOOR}'], 3)}, "
+            f"/ its code alone {figure(figures[f'start-up {engine} / {TRAINING_FLOOR} alone'], 3)}"
+        )
     lines.append("imports, python -X importtime (a module's time includes the modules it imports first; median):")
     for engine, times in summary["imports"].items():
         parts = ", ".join(f"{name} {times[name]:.2f} s" for name in IMPORTS if name in times)
@@ -501,9 +512,9 @@ def report(summary: dict) -> str:
     lines.append(
         "  test/acc per epoch is "
         + (
-            "identical in all four trainers: the same training"
+            f"identical in all {len(TRAINERS)} trainers: the same training"
             if summary["same_training"]
-            else "NOT identical in the four trainers: " + json.dumps(summary["test_accuracy"])
+            else f"NOT identical in the {len(TRAINERS)} trainers: " + json.dumps(summary["test_accuracy"])
         )
     )
 
@@ -517,20 +528,19 @@ def report(summary: dict) -> str:
 
 
 def worker(mode: str, out: str, epochs: int) -> None:
-    """`bare`, `floor`: a timed run, writes metrics.json; `accuracy-<trainer>`: test accuracy after every epoch."""
+    """`floor`: a timed run, writes metrics.json; `accuracy-<trainer>`: test accuracy after every epoch."""
     trainer = mode.removeprefix("accuracy-")
     cfg = compose_config(epochs, [f"engine={trainer}"] if trainer in ENGINES else [])
-    loops = {"bare": bare_loop, "floor": floor_loop}
-    if mode in loops:
-        metrics = loops[mode](cfg)
-    elif trainer in loops and mode.startswith("accuracy-"):
+    if mode == "floor":
+        metrics = floor_loop(cfg)
+    elif mode == "accuracy-floor":
         weights: list[dict] = []
-        loops[trainer](cfg, on_epoch_end=lambda model: weights.append(clone(model.state_dict())))
+        floor_loop(cfg, on_epoch_end=lambda model: weights.append(clone(model.state_dict())))
         metrics = test_accuracies(cfg, weights)
-    elif mode in ("accuracy-raw", "accuracy-lightning"):
+    elif mode.startswith("accuracy-") and trainer in ENGINES:
         metrics = test_accuracies(cfg, engine_weights_per_epoch(cfg, trainer, Path(out).parent))
     else:
-        sys.exit(f"error: --worker {mode}: use bare, floor or accuracy-<bare|floor|raw|lightning>")
+        sys.exit(f"error: --worker {mode}: use floor or accuracy-<{'|'.join(TRAINERS)}>")
     Path(out).write_text(json.dumps(metrics))
 
 
@@ -561,75 +571,6 @@ def check_default_trainer(cfg, loop: str) -> None:
             f"error: the {loop} implements the default trainer config only (no accumulation, clipping, "
             "precision other than 32-true or bf16-mixed, batch limits or max_steps)"
         )
-
-
-def bare_loop(cfg, on_epoch_end=None, device: str = "cpu") -> dict:
-    """The minimal loop; times each epoch (training + validation) and the start-up, like the engines. On
-    `device` (benchmarks/gpu_check.py runs it on a GPU with data.loader=tensor: the batches are already there),
-    under bfloat16 autocast when trainer.precision is bf16-mixed.
-
-    The middle rung of a ladder: tour/05_training_loop.py teaches this loop on toy data; here it runs on this
-    project's data, model, optimizer and schedule (the floor the engines are measured against); engines/raw.py
-    adds everything else lightning.Trainer does, by hand.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    from {{ cookiecutter.package }}.core import task
-    from {{ cookiecutter.package }}.core.data import DataPipeline
-    from {{ cookiecutter.package }}.core.models import build_model
-    from {{ cookiecutter.package }}.workflows import launch
-
-    trainer = cfg.trainer
-    check_default_trainer(cfg, "bare loop")
-    launch.seed_everything(cfg.seed)  # as launch.train does: the same initial weights as the engines
-    data = DataPipeline(cfg.data, seed=cfg.seed, device=device)
-    data.prepare_data()
-    data.setup("fit")
-    train_loader, val_loader = data.train_dataloader(), data.val_dataloader()
-    model = build_model(cfg.model).to(device)
-    autocast = torch.autocast(torch.device(device).type, torch.bfloat16, enabled=trainer.precision == "bf16-mixed")
-    optimizer, schedule = task.configure_optimizers(cfg, model, total_steps=trainer.max_epochs * len(train_loader))
-    if schedule and schedule.interval != "step":
-        sys.exit("error: the bare loop steps step-interval schedulers only (the default, onecycle)")
-
-    epoch_times, train_started_at = [], time.perf_counter()
-    for epoch in range(trainer.max_epochs):
-        epoch_started = time.perf_counter()
-        train_loader.sampler.set_epoch(epoch)  # the engines' data order
-        model.train()
-        for inputs, targets in train_loader:
-            inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            with autocast:
-                loss = F.cross_entropy(model(inputs), targets)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if schedule:
-                schedule.scheduler.step()
-        model.eval()
-        loss_sum, correct, count = torch.zeros((), device=device), torch.zeros((), dtype=torch.int64, device=device), 0
-        with torch.no_grad():
-            for inputs, targets in val_loader:
-                inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-                with autocast:
-                    logits = model(inputs)
-                loss_sum += F.cross_entropy(logits, targets, reduction="sum")
-                correct += (logits.argmax(dim=1) == targets).sum()
-                count += len(targets)
-        val_loss, val_acc = (loss_sum / count).item(), correct.item() / count
-        epoch_times.append(time.perf_counter() - epoch_started)
-        if on_epoch_end is not None:
-            on_epoch_end(model)
-    return {
-        "epoch_times_s": epoch_times,
-        "startup_s": train_started_at - STARTED,
-        "train/loss": loss.item(),
-        "val/loss": val_loss,
-        "val/acc": val_acc,
-        "epochs": trainer.max_epochs,
-        "global_step": trainer.max_epochs * len(train_loader),
-    }
 
 
 def floor_loop(cfg, on_epoch_end=None) -> dict:
@@ -722,17 +663,27 @@ def engine_weights_per_epoch(cfg, engine: str, run_dir: Path) -> list[dict]:
     from {{ cookiecutter.package }}.workflows import launch
 
     weights: dict[int, dict] = {}
-    if engine == "raw":
-        from {{ cookiecutter.package }}.engines import raw
-
-        write = raw.save_checkpoint
+    if engine in ("minimal", "raw"):  # both write through run/checkpoint.py's save_checkpoint(state, path)
+        module = importlib.import_module(f"{{ cookiecutter.package }}.engines.{engine}")
+        write = module.save_checkpoint
 
         def keep_weights(state, path):
             write(state, path)
             if Path(path).name == "last.ckpt":
                 weights[state["progress"]["epoch"]] = clone(state["model"])
 
-        raw.save_checkpoint = keep_weights
+        module.save_checkpoint = keep_weights
+    elif engine == "fabric":
+        from lightning.fabric import Fabric
+
+        write = Fabric.save
+
+        def keep_weights(fabric, path, state, *args, **kwargs):
+            write(fabric, path, state, *args, **kwargs)
+            if Path(path).name == "last.ckpt":  # state["model"]: the module Fabric set up, its weights as they are
+                weights[state["progress"]["epoch"]] = clone(state["model"].state_dict())
+
+        Fabric.save = keep_weights
     else:
         import lightning as L
 

@@ -3,7 +3,8 @@
 In turn: the doctor (`python -m <package>.doctor --require-gpu`), the GPU tier (`pytest -m gpu`), and
 benchmarks/gpu.py's runs of the cifar10 recipe (each engine, compile=false and true, bf16-mixed) on the real
 CIFAR-10 files under data/ or, without them, on synthetic files in CIFAR-10's format (it says so), shortened to
---epochs epochs of --images training images, against benchmarks/engine_overhead.py's bare loop on the same GPU.
+--epochs epochs of --images training images, against engine=minimal, the ladder's lowest rung, on the same GPU
+(in 32-true without channels_last: it implements neither; engine=fabric adds the precision).
 Prints one report (versions, device, each check's result, time per epoch and samples per second) and writes it
 as JSON to logs/gpu-check/<timestamp>/report.json (--out). A failed check is reported, never hides the others; the
 exit status is 1 when one failed.
@@ -19,7 +20,6 @@ import json
 import os
 import platform
 import re
-import statistics
 import subprocess
 import sys
 import time
@@ -29,10 +29,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PROJECT_ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-import engine_overhead  # noqa: E402  (the bare loop)
 import gpu  # noqa: E402  (the recipe's runs, the synthetic files)
 
 PACKAGE = "{{ cookiecutter.package }}"
+# engine=minimal under the recipe: its run keeps the recipe's data, model, optimizer and schedule, and leaves the
+# settings it does not implement at their defaults (it refuses them by name otherwise).
+MINIMAL_OVERRIDES = ["trainer.precision=32-true", "channels_last=false"]
 VERSIONS = ("torch", "lightning", "torchvision", "torchmetrics", "hydra-core", "omegaconf", "numpy")
 
 
@@ -121,32 +123,8 @@ def samples_per_epoch(images: int | None) -> int:
     return total - round(total * 0.1)
 
 
-def bare_loop_child(args: argparse.Namespace) -> None:
-    """--bare-loop: engine_overhead.bare_loop on this machine's device, the recipe shortened; figures to --json."""
-    import torch
-
-    if args.synthetic_root:
-        gpu.data_loading.trust_synthetic_cifar(Path(args.synthetic_root))
-    on_cuda = torch.cuda.is_available() and not args.dry_run
-    cfg = engine_overhead.compose_config(
-        args.epochs,
-        [
-            "experiment=cifar10",
-            "data=cifar10",  # engine_overhead's own overrides name digits and the cnn
-            "model=resnet",
-            f"data.root={args.data_dir}",
-            "data.download=false",
-            *([] if on_cuda else ["trainer=cpu"]),
-            "trainer.precision=bf16-mixed",
-            *args.override,
-        ],
-    )
-    metrics = engine_overhead.bare_loop(cfg, device="cuda" if on_cuda else "cpu")
-    args.json.write_text(json.dumps(metrics))
-
-
 def benchmark(args: argparse.Namespace, out: Path) -> dict:
-    """The recipe's runs through benchmarks/gpu.py and the bare loop, each its own process."""
+    """The recipe's runs through benchmarks/gpu.py, engine=minimal's among them, each its own process."""
     import torch
 
     on_cuda = torch.cuda.is_available() and not args.dry_run
@@ -162,45 +140,27 @@ def benchmark(args: argparse.Namespace, out: Path) -> dict:
     synthetic = gpu.use_synthetic_if_missing(bench, out / "synthetic-data")
     wanted = gpu.RUNS if on_cuda else [(engine, "false") for engine in ("raw", "lightning")]
     runs = gpu.commands(bench, out / "runs", wanted)
+    minimal = argparse.Namespace(**{**vars(bench), "overrides": [*bench.overrides, *MINIMAL_OVERRIDES]})
+    runs |= gpu.commands(minimal, out / "runs", [("minimal", "false")])
     step = {"synthetic_data": synthetic, "data_dir": str(bench.data_dir), "epochs": args.epochs, "runs": {}}
+    notes = ["minimal-compile-false: engine=minimal in 32-true without channels_last (it implements neither)"]
     if not on_cuda:
-        step["note"] = (
+        notes.insert(
+            0,
             "--dry-run or no CUDA device: on the CPU, a narrow ResNet-9 (model.channels=[8,16,32,64], batch 64), "
-            "compile=false only (compiling on a CPU takes minutes); the times are not GPU figures"
+            "compile=false only (compiling on a CPU takes minutes); the times are not GPU figures",
         )
+    step["note"] = "; ".join(notes)
     samples = samples_per_epoch(args.images if synthetic else None)
     try:
         results = gpu.run_all(runs, out / "runs", bench.target)
     except SystemExit as failed:
         step.update(result="failed", error=str(failed))
         return step
-    bare_json = out / "bare-loop.json"
-    bare = run_step(
-        [
-            sys.executable,
-            __file__,
-            "--bare-loop",
-            f"--json={bare_json}",
-            f"--epochs={args.epochs}",
-            f"--data-dir={bench.data_dir}",
-            f"--synthetic-root={bench.synthetic_root or ''}",
-            *(["--dry-run"] if args.dry_run else []),
-            *(f"--override={o}" for o in bench.overrides),
-        ],
-        600,
-    )
-    if bare["exit"] == 0:
-        metrics = json.loads(bare_json.read_text())
-        results["bare-loop"] = {
-            "epoch_s": statistics.median(metrics["epoch_times_s"]),
-            "first_epoch_s": metrics["epoch_times_s"][0],
-        }
     for name, row in results.items():
         step["runs"][name] = {**row, "samples_per_s": samples / row["epoch_s"]}
     step["samples_per_epoch"] = samples
-    step["result"] = "passed" if bare["exit"] == 0 else "failed"
-    if bare["exit"] != 0:
-        step["error"] = "the bare loop failed: " + bare["tail"][-500:]
+    step["result"] = "passed"
     return step
 
 
@@ -232,14 +192,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--images", type=int, default=10000, help="training images of the synthetic files")
     parser.add_argument("--out", type=Path, help="the report's folder (default logs/gpu-check/<timestamp>)")
-    parser.add_argument("--bare-loop", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--json", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--data-dir", help=argparse.SUPPRESS)
-    parser.add_argument("--synthetic-root", help=argparse.SUPPRESS)
-    parser.add_argument("--override", action="append", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.bare_loop:
-        return bare_loop_child(args)
     if args.dry_run and args.images == 10000:
         args.images, args.epochs = 100, 1
     started = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")

@@ -1,5 +1,7 @@
 """Shared helpers for the project's tests. Nothing here touches the network."""
 
+import importlib.util
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +15,67 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from {{ cookiecutter.package }}.run.rundir import register_resolvers
 
 register_resolvers()  # configs/hydra/default.yaml uses ${run_dir:...}, as train.py registers it
+
+# A crash (a segmentation fault in a DataLoader worker, a training subprocess, ...) prints its Python stack: pytest's
+# faulthandler covers this process, this variable every Python process the tests start (they inherit it).
+os.environ.setdefault("PYTHONFAULTHANDLER", "1")
+
+# The extras of pyproject.toml whose tests skip without them (a skip names the extra).
+EXTRA_MODULES = {
+    # extra: the modules that tell whether it is installed
+    # bake: if cookiecutter.include_deployment
+    "export": ("onnx", "onnxscript", "onnxruntime"),
+    "serve": ("fastapi", "uvicorn"),
+    # bake: endif
+    # bake: if cookiecutter.include_extra_loggers
+    "mlflow": ("mlflow",),
+    "wandb": ("wandb",),
+    # bake: endif
+}
+
+
+def missing_extra(extra: str) -> str | None:
+    """Why a test of `extra` cannot run here (the reason a skip gives, naming the extra), or None if it is installed."""
+    absent = [name for name in EXTRA_MODULES[extra] if importlib.util.find_spec(name) is None]
+    return f"needs the `{extra}` extra: pip install -e '.[{extra}]'" if absent else None
+
+
+def require_extra(*extras: str) -> None:
+    """Inside a test: skip it, naming the extra, unless every one of `extras` is installed."""
+    for extra in extras:
+        if reason := missing_extra(extra):
+            pytest.skip(reason)
+
+
+def needs_extra(extra: str) -> pytest.MarkDecorator:
+    """A mark for a test (or `pytestmark` for a module) that skips, naming the extra, unless it is installed."""
+    reason = missing_extra(extra)
+    return pytest.mark.skipif(reason is not None, reason=reason or "")
+
+
+# Every test has a time limit (pytest-timeout: `timeout` in pyproject.toml, or a test's own timeout mark): a hang
+# fails with the test's name instead of holding CI. The limits are for a quiet machine; each is stretched by the
+# load per core when the test starts (a busy CI runner) and by $TEST_TIMEOUT_FACTOR. They stay above the tests' own
+# subprocess timeouts, which fire first with the subprocess's output.
+def timeout_factor() -> float:
+    load_per_core = os.getloadavg()[0] / (os.cpu_count() or 1)
+    return max(1.0, load_per_core) * float(os.environ.get("TEST_TIMEOUT_FACTOR", "1"))
+
+
+class ScaledTimeouts:
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_timeout_set_timer(self, item, settings):
+        import pytest_timeout
+
+        return pytest_timeout.pytest_timeout_set_timer(
+            item, settings._replace(timeout=round(settings.timeout * timeout_factor(), 1))
+        )
+
+
+def pytest_configure(config):
+    if config.pluginmanager.hasplugin("timeout"):  # pytest-timeout, from the dev extra
+        config.pluginmanager.register(ScaledTimeouts(), "scaled-timeouts")
+
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "configs"
@@ -108,25 +171,14 @@ def short_runs(tmp_path_factory) -> tuple[Path, dict[str, subprocess.CompletedPr
     return log_dir, results
 
 
-def run_script(script: str, log_dir: Path, *overrides: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`python <script> overrides...` (export.py, predict.py) as a user runs it, with its outputs under `log_dir`."""
-    command = [sys.executable, script, f"paths.log_dir={log_dir}", *overrides]
-    return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout)
-
-
+# bake: if cookiecutter.include_deployment
 @pytest.fixture(scope="session")
 def exports(short_runs, tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
     """Each engine's SHORT_RUN best.ckpt exported by `python export.py` (format=all where the export extra is
     installed, else torch_export), two at a time: {engine: (export folder, finished process)}. Shared by
     test_export, test_predict and test_serve."""
-    import importlib.util
-
     log_dir, results = short_runs
-    fmt = (
-        "all"
-        if all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript", "onnxruntime"))
-        else "torch_export"
-    )
+    fmt = "torch_export" if missing_extra("export") else "all"
 
     def export(engine: str) -> tuple[Path, subprocess.CompletedProcess]:
         assert results[engine].returncode == 0, f"{engine}:\n{results[engine].stderr[-3000:]}"
@@ -183,3 +235,10 @@ def digit_inputs(short_runs, tmp_path_factory) -> dict:
         "tensors": torch.stack([pipeline.test_set[index][0] for index in range(8)]),
         "bad": bad,
     }
+
+
+# bake: endif
+def run_script(script: str, log_dir: Path, *overrides: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python <script> overrides...` (evaluate.py, ...) as a user runs it, with its outputs under `log_dir`."""
+    command = [sys.executable, script, f"paths.log_dir={log_dir}", *overrides]
+    return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout)

@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CONFIG_DIR, compose_train
-from hydra import compose, initialize_config_dir
+from conftest import CONFIG_DIR, EXTRA_MODULES, compose_train, require_extra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -16,65 +15,44 @@ from {{ cookiecutter.package }}.core.errors import UserError
 from {{ cookiecutter.package }}.core.models import build_model, check_model
 from {{ cookiecutter.package }}.core.task import configure_optimizers
 from {{ cookiecutter.package }}.engines import raw
+from {{ cookiecutter.package }}.watching import loggers
 from {{ cookiecutter.package }}.workflows.launch import check_config
 
 PACKAGE = "{{ cookiecutter.package }}"
-# Groups that train.yaml selects one option from; hydra/ and paths/ have a single file each (hparams_search/ is
-# search.yaml's: tests/test_search.py).
+# bake: if cookiecutter.include_search
+OTHER_GROUPS = {"hparams_search"}  # search.yaml's, composed by tests/workflows/test_search.py
+# bake: else
+OTHER_GROUPS: set[str] = set()  # the config groups of the other entry points
+# bake: endif
+# Groups that train.yaml selects one option from; hydra/ and paths/ have a single file each.
 GROUP_OPTIONS = sorted(
     (group.name, path.stem)
     for group in CONFIG_DIR.iterdir()
-    if group.is_dir() and group.name != "hparams_search"
+    if group.is_dir() and group.name not in OTHER_GROUPS
     for path in group.glob("*.yaml")
 )
 
 
 def test_every_config_file_is_covered():
     on_disk = {p.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.rglob("*.yaml")}
-    # compare.yaml: tests/test_compare.py; eval.yaml: tests/test_evaluate.py; export.yaml, predict.yaml, serve.yaml:
-    # tests/test_export.py, test_predict.py, test_serve.py; search.yaml and hparams_search/: tests/test_search.py
     covered = {f"{group}/{option}.yaml" for group, option in GROUP_OPTIONS} | {
         "train.yaml",
-        "compare.yaml",
-        "eval.yaml",
-        "export.yaml",
-        "predict.yaml",
-        "serve.yaml",
-        "search.yaml",
+        "compare.yaml",  # tests/workflows/test_compare.py
+        "eval.yaml",  # tests/workflows/test_evaluate.py
+        # bake: if cookiecutter.include_deployment
+        "export.yaml",  # tests/workflows/test_export.py
+        "predict.yaml",  # tests/workflows/test_predict.py
+        "serve.yaml",  # tests/workflows/test_serve.py
+        # bake: endif
+        # bake: if cookiecutter.include_search
+        "search.yaml",  # tests/workflows/test_search.py, as hparams_search/
         "hparams_search/optuna.yaml",
+        # bake: endif
+        # bake: if cookiecutter.include_slurm
+        "hydra/launcher/slurm.yaml",  # tests/test_slurm.py (it needs a Hydra plugin)
+        # bake: endif
     }
-    assert on_disk == covered | {"hydra/launcher/slurm.yaml"}  # tested below (it needs a Hydra plugin)
-
-
-@pytest.mark.parametrize(
-    ("name", "keys"),
-    [
-        ("export", {"ckpt_path": None, "format": "torch_export", "check": {"batch_size": 64, "tolerance": 1e-5}}),
-        ("predict", {"model_path": None, "inputs": None, "output": None, "batch_size": 256}),
-        ("serve", {"model_path": None, "host": "127.0.0.1", "port": 8000, "max_body_bytes": 1_000_000}),
-    ],
-)
-def test_the_deployment_configs_compose(name, keys):
-    """export.py's, predict.py's and serve.py's configs (serve.py binds to this machine only by default)."""
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name=name)
-    assert cfg.task == name and {key: OmegaConf.to_object(cfg)[key] for key in keys} == keys
-
-
-def test_the_slurm_launcher_config_takes_its_sizes_from_the_trainer():
-    """hydra/launcher=slurm extends hydra-submitit-launcher's submitit_slurm (not installed here): one SLURM
-    task per device, on trainer.num_nodes nodes."""
-    launcher = OmegaConf.load(CONFIG_DIR / "hydra" / "launcher" / "slurm.yaml")
-    assert list(launcher.defaults) == ["submitit_slurm"]
-    settings = {
-        key: value
-        for key, value in OmegaConf.to_container(launcher).items()  # not resolved yet
-        if key not in ("defaults", "submitit_folder")
-    }
-    cfg = compose_train(["trainer=ddp", "trainer.devices=4", "trainer.num_nodes=3"])
-    OmegaConf.set_struct(cfg, False)  # compose() returns a struct config: no new keys without this
-    cfg = OmegaConf.merge(cfg, {"launcher": settings})
-    assert (cfg.launcher.nodes, cfg.launcher.tasks_per_node, cfg.launcher.gpus_per_node) == (3, 4, 4)
+    assert on_disk == covered
 
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
@@ -82,6 +60,7 @@ def test_config_composes_and_resolves(group, option):
     cfg = compose_train([f"{group}={option}"] if group not in ("hydra",) else [])
     resolved = OmegaConf.to_container(cfg, resolve=True)  # every interpolation has a value
     assert resolved["seed"] == 42
+    require_extra(*(name for name in loggers.chosen(cfg) if name in EXTRA_MODULES))  # a logger's extra: its name
     if group == "experiment" and cfg.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         with pytest.raises(UserError, match="trainer=cpu"):  # experiment=cifar10 is a GPU recipe
             check_config(cfg)

@@ -4,7 +4,10 @@ import re
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow
 def test_doctor_passes_and_checks_the_cpu(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "{{ cookiecutter.package }}.doctor"],

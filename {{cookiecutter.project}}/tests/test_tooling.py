@@ -36,12 +36,17 @@ def test_help_lists_every_target():
     [
         ("train", "train.py engine=raw seed=3"),
         ("eval", "evaluate.py ckpt_path=last engine=raw seed=3"),
+        # bake: if cookiecutter.include_deployment
         ("export", "export.py ckpt_path=last engine=raw seed=3"),
         ("predict", "predict.py engine=raw seed=3"),
         ("serve", "serve.py engine=raw seed=3"),
+        # bake: endif
         ("compare", "compare.py engine=raw seed=3"),
         ("test", "-m pytest engine=raw seed=3"),
+        ("test-full", '-m pytest -m "" engine=raw seed=3'),
+        # bake: if cookiecutter.include_benchmarks
         ("gpu-check", "benchmarks/gpu_check.py engine=raw seed=3"),
+        # bake: endif
         ("lint", "-m ruff check . && {python} -m ruff format --check ."),
         ("format", "-m ruff format . && {python} -m ruff check --fix ."),
         ("tensorboard", "-m tensorboard.main --logdir logs --host 127.0.0.1 --port 6006"),

@@ -176,21 +176,26 @@ assert val_acc > 0.9
 assert not evaluate(make_model(), val_set)[1] > 0.9  # an untrained model is far from that
 
 # %% [markdown]
-# ## From this loop to the project's engines: a ladder of three rungs
+# ## From this loop to the project's engines: a ladder of four rungs
 #
-# This chapter's `train` is the first rung: the five steps and nothing else. The same loop
-# grows in two steps, each file saying where it stands:
+# This chapter's `train` is where the ladder starts: the five steps and nothing else. The
+# project trains its one task on four rungs, each taking more off your hands, all four to
+# the same numbers (`python compare.py` trains them side by side):
 #
-# 1. `benchmarks/engine_overhead.py`, `bare_loop`: this loop on the project's own data,
-#    model, optimizer and schedule (`src/{{ cookiecutter.package }}/core/task.py`), plus the
-#    validation pass; the benchmark's floor, what the engines are timed against.
-# 2. `src/{{ cookiecutter.package }}/engines/raw.py` (`python train.py engine=raw`):
-#    everything `lightning.Trainer` does, by hand, in Lightning's names. Its
-#    `optimizer_step` holds the five steps of this chapter together; `fit` and the
-#    functions it calls (`fit_loop`, `train_epoch`, `validation_loop`, ...) add devices,
-#    precision, accumulation, clipping, schedulers, checkpoints, logging, signals and DDP.
+# 1. `src/{{ cookiecutter.package }}/engines/minimal.py` (`python train.py engine=minimal`):
+#    this loop on the project's data, model, optimizer and schedule
+#    (`src/{{ cookiecutter.package }}/core/task.py`), plus a validation pass per epoch, the best
+#    and last checkpoints and TensorBoard scalars; the benchmark's floor.
+# 2. `src/{{ cookiecutter.package }}/engines/fabric.py` (`engine=fabric`): the same loop under
+#    Lightning Fabric, which takes devices, precision, DDP and checkpoint files off your hands;
+#    `diff` it with minimal.py to see Fabric's changes and nothing else.
+# 3. `src/{{ cookiecutter.package }}/engines/raw.py` (`engine=raw`): everything
+#    `lightning.Trainer` does, by hand, in Lightning's names. Its `optimizer_step` holds the five
+#    steps of this chapter together; `fit` and the functions it calls (`fit_loop`,
+#    `train_epoch`, `validation_loop`, ...) add accumulation, clipping, validation cadence,
+#    early stopping, exact resume, logging, signals and DDP.
+# 4. `src/{{ cookiecutter.package }}/engines/lightning.py` (`engine=lightning`): the Trainer
+#    doing all of it: you write `training_step` and `configure_optimizers`.
 #
-# And `src/{{ cookiecutter.package }}/engines/lightning.py` (`python train.py
-# engine=lightning`) is the Trainer doing all of it: you write `training_step` and
-# `configure_optimizers`. The two engine files carry the same section markers; open them
-# side by side (COMPARISON.md walks through them section by section).
+# raw.py and lightning.py carry the same section markers; open them side by side.
+# COMPARISON.md walks the four rungs concern by concern (device, precision, data, ...).

@@ -87,13 +87,16 @@ assert augment(image[:, :64, :64]).shape == (3, 48, 48)
 #   the onnx and onnxscript packages).
 # * Serving: TorchServe (now in limited maintenance), NVIDIA Triton, LitServe, or a plain web
 #   app (FastAPI on uvicorn).
+# bake: if cookiecutter.include_deployment
 # This project does all three with a trained checkpoint of either engine:
 #   python export.py ckpt_path=last format=all   # model.pt2 + model.onnx + model.json, each
 #                                                # checked against the PyTorch model first
 #   python predict.py model_path=logs/export/<run>/model.pt2 inputs=<image|folder|.npy>
 #   python serve.py model_path=logs/export/<run>/model.onnx   # HTTP: POST /predict, GET /health
 # (src/{{ cookiecutter.package }}/workflows/exporting.py, prediction.py, serving.py; the README's
-# "From checkpoint to production"). Below, the same two exports of a tiny model, by hand.
+# "From checkpoint to production").
+# bake: endif
+# Below, the same two exports of a tiny model, by hand.
 small = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2)).eval()
 example = (torch.randn(3, 4),)
 batch = torch.export.Dim("batch")  # the first dimension may vary at run time
@@ -184,20 +187,62 @@ print("learned policy:", [round(p, 3) for p in probabilities.tolist()])
 assert probabilities.argmax().item() == 2 and probabilities[2] > 0.8
 
 # %% High-Level APIs
-# Libraries that write the training loop for you:
-# * Lightning (formerly PyTorch Lightning): you write a LightningModule with
-#   training_step / validation_step / configure_optimizers, and the Trainer handles
-#   devices, mixed precision, distributed strategies, checkpoints and logging. This
-#   project's `python train.py engine=lightning` uses it:
-#   src/{{ cookiecutter.package }}/engines/lightning.py, next to the hand-written loop in
-#   src/{{ cookiecutter.package }}/engines/raw.py.
-# * fastai: a layered API with the Learner class and strong defaults (one-cycle schedule,
-#   learning-rate finder), known from the fast.ai course.
-# * Hugging Face Accelerate / Trainer, PyTorch Ignite, Composer: other takes on the same idea.
-# (Importing lightning takes several seconds, so this cell only checks that it is there.)
+# Libraries that write more of the training loop for you. This project trains one task on a
+# ladder of four rungs, to the same numbers on each (`python compare.py` trains them side by
+# side; COMPARISON.md walks them concern by concern). Each rung takes more off your hands:
+# * tour/05_training_loop.py, `train`: the five steps on toy data; you write everything.
+# * engines/minimal.py (`engine=minimal`): that loop on the project's data, model, optimizer
+#   and schedule, with validation, best/last checkpoints and TensorBoard scalars. Still yours:
+#   devices, precision, DDP, and every edge case.
+# * engines/fabric.py (`engine=fabric`): the same loop under Lightning Fabric. `Fabric(...)`,
+#   `fabric.setup` and `fabric.backward` take the devices, precision and DDP, `fabric.save` /
+#   `fabric.load` the checkpoint files, `fabric.is_global_zero` the rank-zero work; the loop
+#   stays yours, line for line (the diff below).
+# * engines/raw.py (`engine=raw`): what Lightning's Trainer does, written out by hand in its
+#   names: accumulation, clipping, validation cadence, early stopping, exact mid-epoch resume,
+#   signals, loggers, profiling.
+# * engines/lightning.py (`engine=lightning`): the Trainer doing all of that. You write
+#   `training_step` and `configure_optimizers`; the loop is no longer yours.
+# fastai sits one rung above Lightning: a `Learner` with callbacks and data blocks, and
+# opinionated defaults (one-cycle schedule, learning-rate finder); this project does not use it.
+# (Hugging Face Accelerate is about Fabric's rung; its Trainer, PyTorch Ignite and Composer
+# are other takes on the Trainer's.) The cell reads the real files: how long each rung is, and
+# what `diff minimal.py fabric.py` changes. Importing lightning takes seconds: it only checks it.
+import difflib
+import io
+import re
+import tokenize
+
+ENGINES = Path(__file__).resolve().parents[1] / "src" / "{{ cookiecutter.package }}" / "engines"
+
+
+def code_lines(path: Path) -> int:
+    """Lines that are not blank and not only a comment (docstrings count)."""
+    lines = set()
+    skipped = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}
+    for token in tokenize.generate_tokens(io.StringIO(path.read_text()).readline):
+        if token.type not in skipped:
+            lines.update(range(token.start[0], token.end[0] + 1))
+    return len(lines)
+
+
+ladder = {
+    "minimal.py": "your loop on the project's task",
+    "fabric.py": "+ devices, precision, DDP, checkpoint files (Fabric)",
+    "raw.py": "+ everything the Trainer does, by hand",
+    "lightning.py": "the Trainer does it (+ lightning_parity.py's callbacks)",
+}
+for name, what in ladder.items():
+    print(f"engines/{name:<13} {code_lines(ENGINES / name):4d} lines: {what}")
+minimal, fabric = ((ENGINES / name).read_text().splitlines() for name in ("minimal.py", "fabric.py"))
+diff = list(difflib.unified_diff(minimal, fabric, "minimal.py", "fabric.py", n=0, lineterm=""))
+removed = [line for line in diff[2:] if line.startswith("-")]
+added = [line for line in diff[2:] if line.startswith("+")]
+hunks = [line for line in diff if line.startswith("@@")]
+print(f"diff minimal.py fabric.py: {len(hunks)} hunks, -{len(removed)} +{len(added)} lines of {len(minimal)}")
 print(
-    "lightning installed:",
-    importlib.util.find_spec("lightning") is not None,
-    "| fastai installed:",
-    importlib.util.find_spec("fastai") is not None,
+    "  what the added lines call:",
+    ", ".join(sorted({call for line in added for call in re.findall(r"\bfabric\.(?!py\b)\w+", line)})),
 )
+assert hunks and len(removed) + len(added) < len(minimal)  # a conversion, not a rewrite
+print("lightning installed:", importlib.util.find_spec("lightning") is not None)

@@ -1,6 +1,6 @@
 """A new model through the documented extension point only (README: Add your own model): its two code blocks, a
 module in core/models/ and a config in configs/model/, written into a copy of the project, which then trains it in
-each engine and takes its checkpoints through evaluate.py, export.py and predict.py."""
+each engine and takes its checkpoints through evaluate.py{% if cookiecutter.include_deployment %}, export.py and predict.py{% endif %}."""
 
 import filecmp
 import json
@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from conftest import PROJECT_ROOT, SHORT_RUN
 
@@ -78,10 +77,7 @@ def run(copy: Path, script: str, *overrides: str) -> subprocess.CompletedProcess
 
 
 @pytest.mark.slow
-def test_a_model_added_as_the_readme_says_trains_evaluates_exports_and_predicts(tmp_path):
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
+def test_a_model_added_as_the_readme_says_goes_through_every_tool(tmp_path):
     files = dict(EXAMPLE)
     [module] = [path for path in files if path.endswith(".py")]
     [config] = [path for path in files if path.startswith("configs/model/")]
@@ -99,6 +95,11 @@ def test_a_model_added_as_the_readme_says_trains_evaluates_exports_and_predicts(
     common = sorted(project_files(PROJECT_ROOT))
     _, changed, unreadable = filecmp.cmpfiles(PROJECT_ROOT, copy, common, shallow=False)
     assert changed == [] and unreadable == []
+    # bake: if cookiecutter.include_deployment
+
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
 
     digits = load_digits()
     inputs = tmp_path / "inputs"
@@ -106,6 +107,7 @@ def test_a_model_added_as_the_readme_says_trains_evaluates_exports_and_predicts(
     for index in range(3):
         pixels = np.round(digits.images[index] * 255 / 16).astype(np.uint8)
         Image.fromarray(pixels, mode="L").save(inputs / f"digit_{digits.target[index]}_{index}.png")
+    # bake: endif
 
     for engine in ("raw", "lightning"):
         run(copy, "train.py", f"model={name}", f"engine={engine}", "data=digits", *SHORT_RUN)
@@ -116,6 +118,7 @@ def test_a_model_added_as_the_readme_says_trains_evaluates_exports_and_predicts(
 
         evaluated = run(copy, "evaluate.py", "ckpt_path=last", f"engine={engine}")
         assert f"engine={engine} test/acc=" in evaluated.stdout
+        # bake: if cookiecutter.include_deployment
 
         run(copy, "export.py", "ckpt_path=last", f"engine={engine}", "format=torch_export")
         export_dir = max((copy / "logs" / "export").iterdir())
@@ -126,3 +129,4 @@ def test_a_model_added_as_the_readme_says_trains_evaluates_exports_and_predicts(
         run(copy, "predict.py", f"model_path={export_dir / 'model.pt2'}", f"inputs={inputs}", f"output={output}")
         predicted = json.loads(output.read_text())
         assert len(predicted["predictions"]) == 3 and predicted["skipped"] == [], predicted
+        # bake: endif

@@ -125,11 +125,10 @@ def test_help_answers_without_importing_torch():
         timeout=60,
     )
     assert result.returncode == 0
-    assert "engine: lightning, raw" in result.stdout
+    assert "engine: fabric, lightning, minimal, raw" in result.stdout
     assert "torch" not in imported_modules(result.stderr)
 
 
-@pytest.mark.slow
 def test_gpu_on_a_machine_without_one_names_the_fix_and_leaves_no_folder(log_dir):
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU")

@@ -5,9 +5,8 @@ import sys
 
 
 def test_the_raw_engine_starts_without_torchmetrics_or_scikit_learn():
-    """Its start-up is torch's and the first optimizer's (benchmarks/engine_overhead.py): torchmetrics (with
-    torchvision's models) and scikit-learn (with scipy) add seconds to it (benchmarks/README.md). Lightning imports
-    torchmetrics itself."""
+    """Its start-up is torch's and the first optimizer's: torchmetrics (with torchvision's models) and scikit-learn
+    (with scipy) add seconds to it{% if cookiecutter.include_benchmarks %} (benchmarks/README.md){% endif %}. Lightning imports torchmetrics itself."""
     code = (
         "import sys\n"
         "import {{ cookiecutter.package }}.workflows.launch\n"

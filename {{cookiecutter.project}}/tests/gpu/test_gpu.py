@@ -1,4 +1,4 @@
-"""The GPU tier: `pytest -m gpu` (or `make gpu-check`, which runs it with the doctor and benchmarks/gpu.py). It mirrors
+"""The GPU tier: `pytest -m gpu`{% if cookiecutter.include_benchmarks %} (or `make gpu-check`, which runs it with the doctor and benchmarks/gpu.py){% endif %}. It mirrors
 no module of the package: it runs the whole project on a CUDA device, what the CPU suite cannot reach (CUDA
 precisions, torch.compile on the GPU, nccl, the tensor loader on the device, a GPU checkpoint read back on the CPU,
 the doctor's --require-gpu). Without CUDA every test here is skipped, for one reason."""
@@ -103,16 +103,18 @@ def test_the_tensor_loader_trains_on_cuda(tmp_path, engine):
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_a_gpu_checkpoint_is_evaluated_and_exported_on_the_cpu(tmp_path, engine):
+def test_a_gpu_checkpoint_goes_through_the_tools_on_the_cpu(tmp_path, engine):
     assert_ran(run_train(tmp_path, f"engine={engine}", *ON_CUDA, *SHORT_RUN))
     checkpoint = run_dirs(tmp_path, engine)[-1] / "checkpoints" / "last.ckpt"
+    # bake: if cookiecutter.include_deployment
+    exported = run_script("export.py", tmp_path / "export", f"ckpt_path={checkpoint}", "format=torch_export")
+    assert_ran(exported)
+    assert list((tmp_path / "export").rglob("*.pt2"))
+    # bake: endif
     evaluated = run_script(
         "evaluate.py", tmp_path / "eval", f"ckpt_path={checkpoint}", "trainer.accelerator=cpu", f"engine={engine}"
     )
     assert_ran(evaluated)
-    exported = run_script("export.py", tmp_path / "export", f"ckpt_path={checkpoint}", "format=torch_export")
-    assert_ran(exported)
-    assert list((tmp_path / "export").rglob("*.pt2"))
 
 
 def test_the_doctor_passes_with_require_gpu():

@@ -26,6 +26,7 @@ from conftest import PROJECT_ROOT, assert_same_curves, run_dirs, run_train, scal
 
 from {{ cookiecutter.package }}.run.checkpoint import load_checkpoint, model_state_dict
 
+pytestmark = pytest.mark.slow  # each test runs 2-process gloo trainings: 4-13 s (the full tier, make test-full)
 ENGINES = ("raw", "lightning")
 DDP_RUN = [
     "trainer=ddp_cpu",
@@ -339,6 +340,7 @@ def test_a_rank_that_fails_before_any_checkpoint_keeps_the_log_its_error_names(l
     assert "Traceback" in Path(named.group(1)).read_text() and "fails on purpose at step 1" in error
 
 
+# bake: if cookiecutter.include_extra_loggers
 def test_wandb_under_ddp_logs_from_rank_0_and_the_other_ranks_do_nothing(log_dir):
     """logger=wandb trainer=ddp_cpu engine=lightning: rank 1 crashed saving W&B's run id, which its dummy
     experiment (Lightning's, on ranks > 0) does not have. One W&B run, by rank 0."""
@@ -351,6 +353,7 @@ def test_wandb_under_ddp_logs_from_rank_0_and_the_other_ranks_do_nothing(log_dir
     assert [p.name.rsplit("-", 1)[-1] for p in (run_dir / "wandb").glob("offline-run-*")] == [run_id]
 
 
+# bake: endif
 def test_under_torchrun_train_py_is_the_worker_and_launches_nothing(log_dir):
     torchrun = ("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2")  # --standalone: a free port
     result = run_train(log_dir, "engine=raw", *DDP_RUN, python_flags=torchrun, timeout=DEADLINE_S)

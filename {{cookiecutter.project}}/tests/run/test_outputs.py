@@ -99,7 +99,6 @@ def test_a_one_cycle_plan_with_an_empty_phase_is_one_line_before_any_work(tmp_pa
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-@pytest.mark.slow
 def test_a_log_dir_that_is_a_file_is_one_line(tmp_path):
     (tmp_path / "logs").write_text("a file")
     result = subprocess.run(

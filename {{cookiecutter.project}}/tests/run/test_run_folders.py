@@ -1,4 +1,4 @@
-"""No run is overwritten: a new run of train.py, evaluate.py, export.py or predict.py refuses a folder that holds a
+"""No run is overwritten: a new run of train.py{% if cookiecutter.include_deployment %}, evaluate.py, export.py or predict.py{% else %} or evaluate.py{% endif %} refuses a folder that holds a
 run (hydra.run.dir, or a job's folder under hydra.sweep.dir; symlinks resolved), in one line, and the old run keeps
 every byte, its .hydra/ included (Hydra writes there before the tools run; KeepExistingRuns remembers it).
 ckpt_path continues a run in its own folder."""
@@ -58,12 +58,14 @@ def test_a_new_run_refuses_a_folder_that_holds_a_run(old_run, tmp_path, via):
     ("script", "overrides"),
     [
         ("evaluate.py", ["ckpt_path=last"]),
+        # bake: if cookiecutter.include_deployment
         ("export.py", ["ckpt_path=last"]),
         ("predict.py", ["model_path=x", "inputs=y"]),
+        # bake: endif
     ],
 )
 def test_the_other_tools_refuse_a_folder_that_holds_a_run(old_run, tmp_path, script, overrides):
-    """evaluate.py would write over metrics.json, export.py would move the old run into its export."""
+    """evaluate.py would write over metrics.json{% if cookiecutter.include_deployment %}, export.py would move the old run into its export{% endif %}."""
     link = tmp_path / "link"
     link.symlink_to(old_run, target_is_directory=True)
     before = contents(old_run)
@@ -76,6 +78,7 @@ def test_the_other_tools_refuse_a_folder_that_holds_a_run(old_run, tmp_path, scr
     assert contents(old_run) == before  # not even an empty evaluate.log beside train.log
 
 
+@pytest.mark.slow
 def test_ckpt_path_still_continues_a_run_in_its_folder(old_run, tmp_path):
     last = old_run / "checkpoints" / "last.ckpt"
     result = run_train(
@@ -85,6 +88,7 @@ def test_ckpt_path_still_continues_a_run_in_its_folder(old_run, tmp_path):
     assert f"resuming {last}" in result.stdout and '"epochs": 2' in (old_run / "metrics.json").read_text()
 
 
+@pytest.mark.slow
 def test_a_job_of_a_multirun_refuses_its_folder_if_it_holds_a_run(old_run, tmp_path):
     sweep = tmp_path / "sweep"
     sweep.mkdir()

@@ -137,7 +137,7 @@ def test_switched_off_artefacts_are_not_written(tmp_path):
         ("num_samples", 0, "a whole number of at least 1"),
         ("histogram_every_n_epochs", -1, "a whole number of at least 0"),
         ("histogram_every_n_epochs", "often", "a whole number of at least 0"),
-        ("images", "yes", "true or false"),
+        ("images", "yes", "true, false or null"),
     ],
 )
 def test_bad_switch_is_named_with_what_is_accepted(key, value, accepted):

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_dirs, run_script
+from conftest import CONFIG_DIR, run_dirs, run_script
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from {{ cookiecutter.package }}.core.data import DataPipeline
@@ -161,3 +162,18 @@ def test_a_refused_export_leaves_no_folder(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: ckpt_path=missing.ckpt: no such checkpoint")
     assert not (log_dir / "export").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "keys"),
+    [
+        ("export", {"ckpt_path": None, "format": "torch_export", "check": {"batch_size": 64, "tolerance": 1e-5}}),
+        ("predict", {"model_path": None, "inputs": None, "output": None, "batch_size": 256}),
+        ("serve", {"model_path": None, "host": "127.0.0.1", "port": 8000, "max_body_bytes": 1_000_000}),
+    ],
+)
+def test_the_deployment_configs_compose(name, keys):
+    """export.py's, predict.py's and serve.py's configs (serve.py binds to 127.0.0.1 only by default)."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name=name)
+    assert cfg.task == name and {key: OmegaConf.to_object(cfg)[key] for key in keys} == keys

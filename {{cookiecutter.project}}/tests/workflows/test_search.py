@@ -44,6 +44,7 @@ def study_of(log_dir: Path, name: str = "default") -> optuna.Study:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # above its search's own 900 s
 def test_an_interrupted_search_goes_on_to_n_trials_in_the_same_study(tmp_path):
     first, output = search(tmp_path, "n_trials=4", f"train='engine=raw {TRIAL}'"), []
     deadline = time.monotonic() + 900
@@ -74,6 +75,7 @@ def test_an_interrupted_search_goes_on_to_n_trials_in_the_same_study(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # above its search's own 900 s
 def test_a_ddp_trial_is_one_study_entry(tmp_path):
     run = search(tmp_path, "n_trials=1", "study_name=ddp", f"train='engine=lightning trainer=ddp_cpu {TRIAL}'")
     output = run.communicate(timeout=900)[0]
@@ -110,6 +112,7 @@ def readme_search_line() -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # above its search's own 900 s
 def test_the_readmes_search_line_works_as_printed(tmp_path):
     """`python search.py n_trials=20 train='engine=raw'`: the shell hands Hydra `train=engine=raw`, which its
     grammar refused. Run as printed, with one trial and a tiny run added to the line's own train value."""

@@ -127,7 +127,7 @@ class DataPipeline:
         """`batch_limits`: the trainer config, whose limit_*_batches setup() checks against the split sizes;
         `device`: the training device, where data.loader=tensor keeps the splits."""
         self.dataset = datasets.check_config(cfg)  # the registry's entry of data=<name>
-        check_worker_socket(cfg)  # train.py has checked it before any work; benchmarks come here directly
+        check_worker_socket(cfg)  # train.py has checked it before any work; other callers have not
         super().__init__()  # lets Lightning's DataModule initialise itself when it is mixed in
         self.cfg, self.seed, self.batch_limits, self.device = cfg, seed, batch_limits, torch.device(device)
         self.tensor = cfg.get("loader", "dataloader") == "tensor"

@@ -50,7 +50,7 @@ def count_correct(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def accuracy(num_classes: int) -> "MulticlassAccuracy":
     """engine=lightning's accuracy: the same share as engine=raw's count_correct, as a torchmetrics Metric that
     `self.log` accumulates over the epoch and syncs under DDP. Imported here: torchmetrics takes seconds to import
-    (torchvision's models with it: benchmarks/README.md), which engine=raw does without."""
+    (torchvision's models with it{% if cookiecutter.include_benchmarks %}: benchmarks/README.md{% endif %}), which engine=raw does without."""
     from torchmetrics.classification import MulticlassAccuracy
 
     return MulticlassAccuracy(num_classes=num_classes, average="micro")

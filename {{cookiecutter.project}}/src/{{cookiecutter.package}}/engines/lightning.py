@@ -144,7 +144,7 @@ class Classifier(L.LightningModule):
     def training_step(self, batch: task.Batch, batch_idx: int) -> torch.Tensor:
         loss = task.training_step(self.model, batch, self.label_smoothing)
         # Logged where the value is used: the steps the logger writes, the last of an epoch or of the run
-        # (logging every step made the default epoch measurably slower: benchmarks/README.md).
+        # (logging every step made the default epoch measurably slower{% if cookiecutter.include_benchmarks %}: benchmarks/README.md{% endif %}).
         step = self.global_step + 1
         if step % self.trainer.log_every_n_steps == 0 or self.trainer.is_last_batch or step == self.trainer.max_steps:
             self.log("train/loss", loss)

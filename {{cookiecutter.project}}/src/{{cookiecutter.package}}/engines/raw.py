@@ -6,9 +6,9 @@ Lightning loop phases and hooks they replace, and `Trainer` keeps the state unde
 (`trainer.global_step`, `trainer.current_epoch`, ...). This file and engines/lightning.py carry the same
 `# -- section --` markers in the same order: open them side by side and scroll them in step.
 
-The ladder: tour/05_training_loop.py (the five steps in a 15-line loop) -> benchmarks/engine_overhead.py
-`bare_loop` (that loop on this project's data, model and optimizer) -> this file (everything the Trainer does)
--> engines/lightning.py (the Trainer doing it). This file must not import lightning.
+The ladder (tests/engines/test_ladder.py): engines/minimal.py (the loop a learner writes) -> engines/fabric.py (that
+loop under Lightning Fabric) -> this file (everything the Trainer does) -> engines/lightning.py (the Trainer doing
+it). This file must not import lightning.
 """
 
 import contextlib
@@ -142,7 +142,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
 class Trainer:
     """What lightning.Trainer keeps between its loop phases, under Lightning's names. `fit` fills in the objects;
     the settings the loop reads at every step are plain values here (an OmegaConf lookup costs a thousand times a
-    plain attribute's, and a few per step add up on a small model: benchmarks/README.md)."""
+    plain attribute's, and a few per step add up on a small model{% if cookiecutter.include_benchmarks %}: benchmarks/README.md{% endif %})."""
 
     world: World
     device: torch.device
@@ -288,7 +288,7 @@ def set_deterministic(deterministic: bool | str, benchmark: bool | None = None) 
     """Trainer(deterministic=True | "warn" | False, benchmark=...), set as Lightning's _set_torch_flags sets them:
     cudnn.benchmark as given (None: off under deterministic, else left as it is); deterministic kernels, with an
     error (a warning) where an op has none; False switches them off again. Off, torch's default, needs no call: the
-    call imports torch's compiler (torch._dynamo, a second of start-up: benchmarks/README.md) to set its flag too."""
+    call imports torch's compiler (torch._dynamo, a second of start-up{% if cookiecutter.include_benchmarks %}: benchmarks/README.md{% endif %}) to set its flag too."""
     if deterministic and benchmark is None:
         benchmark = False
     if benchmark is not None:
@@ -712,7 +712,7 @@ def restore_checkpoint(trainer: Trainer, path: Path) -> None:
 
 
 def setup_loggers(trainer: Trainer) -> list[Any]:
-    """Trainer(logger=...): rank 0 logs to configs/logger/'s loggers (loggers.py: TensorBoard, CSV, MLflow, W&B),
+    """Trainer(logger=...): rank 0 logs to configs/logger/'s loggers (loggers.py: TensorBoard, CSV{% if cookiecutter.include_extra_loggers %}, MLflow, W&B{% endif %}),
     the other ranks and fast_dev_run (Lightning's DummyLogger) to none. A resumed run drops what a crashed one
     logged after its checkpoint. TensorBoard also gets summaries.py's images and graph."""
     trainer.tensorboard = summaries.NullWriter()
@@ -728,7 +728,7 @@ def setup_loggers(trainer: Trainer) -> list[Any]:
 @contextlib.contextmanager
 def finalize_loggers_on_failure(trainer: Trainer) -> Iterator[None]:
     """Lightning's _call_and_handle_interrupt: a run that ends in an exception (a stop signal, a non-finite loss, a
-    refused setting) finalizes its loggers as failed: TensorBoard's file closed, the MLflow run FAILED, W&B done."""
+    refused setting) finalizes its loggers as failed: TensorBoard's file closed{% if cookiecutter.include_extra_loggers %}, the MLflow run FAILED, W&B done{% endif %}."""
     try:
         yield
     except BaseException:

@@ -94,17 +94,21 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def model_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The plain `nn.Module` state_dict from a checkpoint of either engine."""
-    if "model" in checkpoint:  # engine=raw
+    if "model" in checkpoint:  # engine=raw, engine=minimal, engine=fabric
         return checkpoint["model"]
     if "state_dict" in checkpoint:  # engine=lightning: the LightningModule keeps the model as `self.model`
         return {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     raise UserError("checkpoint holds no model weights (neither 'model' nor 'state_dict')")
 
 
+ENGINES_THAT_NAME_THEMSELVES = ("minimal", "fabric", "raw")  # in their checkpoints' 'engine' entry
+
+
 def written_by(checkpoint: dict[str, Any]) -> str | None:
-    """'raw' or 'lightning': the engine that wrote a checkpoint (None: neither)."""
-    if checkpoint.get("engine") == "raw":
-        return "raw"
+    """'minimal', 'fabric', 'raw' or 'lightning': the engine that wrote a checkpoint (None: none of them). The first
+    three name themselves in an 'engine' entry; Lightning's checkpoints carry its version."""
+    if checkpoint.get("engine") in ENGINES_THAT_NAME_THEMSELVES:
+        return checkpoint["engine"]
     return "lightning" if "pytorch-lightning_version" in checkpoint else None
 
 
@@ -124,7 +128,7 @@ def load_for_resume(path: Path, engine: str, model: nn.Module) -> dict[str, Any]
             f"ckpt_path={path} was written by engine={writer}: resume it with that engine (its weights "
             "load anywhere with checkpoint.model_state_dict)"
         )
-    if ("progress" if writer == "raw" else "optimizer_states") not in state:
+    if ("optimizer_states" if writer == "lightning" else "progress") not in state:
         raise UserError(
             f"ckpt_path={path} holds only the best weights, not the training state: resume from "
             "last.ckpt (ckpt_path=last)"

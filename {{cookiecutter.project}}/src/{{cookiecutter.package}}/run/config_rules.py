@@ -66,7 +66,7 @@ RULES: dict[str, Rule] = {
         "a whole number of at least 0, or null to draw one (metrics.json records it)",
         lambda v: v is None or whole(v, 0),
     ),
-    "engine.name": one_of("raw", "lightning"),
+    "engine.name": one_of("minimal", "fabric", "raw", "lightning"),
     "tags": Rule(
         "a list of short labels (text of 1 to 64 characters, no spaces), e.g. [baseline,lr-sweep]",
         lambda v: (
@@ -187,3 +187,70 @@ def validate(cfg: DictConfig) -> None:
             f"{shown(data.test_fraction)} is not valid: the two must add up to less than 1 (the rest "
             "is the training set; no image may be in two splits)"
         )
+
+
+# engine=minimal and engine=fabric, the ladder's first rungs, implement a part of what configs/ can ask (each lists
+# its part: IMPLEMENTED_KEYS at the top of engines/minimal.py and engines/fabric.py). Any other of these keys must
+# keep the value it has when nothing is asked of it, the value those rungs behave as; engine=raw and engine=lightning
+# implement them all. Only TensorBoard of the loggers: the rungs write its scalars.
+NEUTRAL: dict[str, Any] = {
+    "trainer.devices": 1,
+    "trainer.strategy": "auto",
+    "trainer.num_nodes": 1,
+    "trainer.precision": "32-true",
+    "trainer.max_steps": -1,
+    "trainer.gradient_clip_val": None,
+    "trainer.gradient_clip_algorithm": "norm",
+    "trainer.accumulate_grad_batches": 1,
+    "trainer.check_val_every_n_epoch": 1,
+    "trainer.val_check_interval": None,
+    "trainer.limit_train_batches": None,
+    "trainer.limit_val_batches": None,
+    "trainer.limit_test_batches": None,
+    "trainer.deterministic": False,
+    "trainer.benchmark": None,
+    "trainer.fast_dev_run": False,
+    "trainer.overfit_batches": 0,
+    "trainer.profiler": None,
+    "callbacks.early_stopping": None,
+    "debug.detect_anomaly": False,
+    "data.loader": "dataloader",
+    "compile": False,
+    "channels_last": False,
+    "matmul_precision": None,
+}
+# The TensorBoard figures (watching/summaries.py) beyond the scalars: the rungs write scalars only. null or off is
+# neutral; a switch set on is refused.
+FIGURE_SWITCHES = ("images", "graph", "histogram_every_n_epochs", "confusion_matrix", "hparams")
+RUNG_TRAINER_KEYS = ("accelerator", "max_epochs", "log_every_n_steps", "enable_progress_bar")  # every rung's
+
+
+def check_rung(cfg: DictConfig, engine: str, implemented: set[str], instead: dict[str, str] | None = None) -> None:
+    """Refuse, by name and before any work, what `engine` (a rung that implements only the keys `implemented` of
+    NEUTRAL) would otherwise ignore: a value other than the neutral one, a trainer key it does not know, a logger
+    other than TensorBoard. `instead`: a key -> the lower rung that implements it, named before raw and lightning."""
+    offered = sorted({*implemented, *(f"trainer.{key}" for key in RUNG_TRAINER_KEYS)})
+
+    def refuse(setting: str, key: str) -> None:
+        others = [name for name in ((instead or {}).get(key), "raw", "lightning") if name]
+        raise UserError(
+            f"{setting} is not implemented by engine={engine} (it implements: {', '.join(offered)}): use "
+            + ", ".join(f"engine={name}" for name in others[:-1])
+            + f" or engine={others[-1]}"
+        )
+
+    for key in sorted(set(cfg.trainer) - {key.split(".", 1)[1] for key in NEUTRAL if key.startswith("trainer.")}):
+        if key not in RUNG_TRAINER_KEYS:
+            refuse(f"trainer.{key}={shown(cfg.trainer[key])}", f"trainer.{key}")
+    for key, neutral in NEUTRAL.items():
+        value = OmegaConf.select(cfg, key, default=neutral)
+        single_device = key == "trainer.devices" and value in (1, "1", "auto", [0])  # check_distributed's one device
+        if key not in implemented and not single_device and value != neutral:
+            refuse(f"{key}={shown(value)}", key)
+    for name in (cfg.get("logger") or {}).keys():
+        if name != "tensorboard":
+            refuse(f"logger={name}", "logger")
+    for switch in FIGURE_SWITCHES:
+        value = OmegaConf.select(cfg, f"logger.tensorboard.{switch}", default=None)
+        if value not in (None, False, 0):
+            refuse(f"logger.tensorboard.{switch}={shown(value)}", "logger")

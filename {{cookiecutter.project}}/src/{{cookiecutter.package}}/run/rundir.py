@@ -163,7 +163,7 @@ def resumed_config_kept_on_failure(run_dir: Path) -> Iterator[None]:
 
 
 # What a run of any of the tools leaves that another must not write over: train.py's checkpoints, the results
-# file of train.py and evaluate.py (metrics.json), export.py (model.json) and predict.py (predictions.json), and
+# file of train.py and evaluate.py (metrics.json){% if cookiecutter.include_deployment %}, export.py (model.json) and predict.py (predictions.json){% endif %}, and
 # logged TensorBoard events. Not Hydra's .hydra/ and log, nor the empty folders a run prepares: in a DDP run,
 # every process checks its folder before the processes meet, and none of these is written before they do.
 RESULT_FILES = ("metrics.json", "model.json", "predictions.json")

@@ -1,13 +1,13 @@
-"""The loggers of configs/logger/ (tensorboard, csv, mlflow, wandb; none or several), for both engines.
+"""The loggers of configs/logger/ (tensorboard, csv{% if cookiecutter.include_extra_loggers %}, mlflow, wandb{% endif %}; none or several), for both engines.
 
 engine=lightning gets Lightning's own loggers (`lightning_loggers`). engine=raw gets the classes below: each writes
 the same metrics at the same steps through the library's own Python API, behind Lightning's method names
 (log_metrics, log_hyperparams, finalize), so that the loop calls them as Lightning's logger connector does. Both
-engines log the same flat hyperparameters (summaries.hparam_values) to the loggers that have the notion.
+engines log the same flat hyperparameters (summaries.hparam_values) to the loggers that have the notion.{% if cookiecutter.include_extra_loggers %}
+MLflow and W&B live in extra_loggers.py.{% endif %}
 """
 
 import csv
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,14 @@ from omegaconf import DictConfig
 from ..core.errors import UserError
 from . import summaries
 
-ORDER = ("tensorboard", "csv", "mlflow", "wandb")  # TensorBoard first: its folder is Lightning's trainer.log_dir
-EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}  # logger -> the pyproject extra that installs its library
-RUN_ID_FILE = {"mlflow": "mlflow_run_id", "wandb": "wandb_run_id"}  # in the run folder: a resume continues the run
+ORDER = (
+    "tensorboard",  # first: its folder is Lightning's trainer.log_dir
+    "csv",
+    # bake: if cookiecutter.include_extra_loggers
+    "mlflow",  # these two: extra_loggers.py
+    "wandb",
+    # bake: endif
+)
 
 
 def chosen(cfg: DictConfig) -> list[str]:
@@ -33,50 +38,26 @@ def chosen(cfg: DictConfig) -> list[str]:
     return [name for name in ORDER if name in names]
 
 
-def check_installed(cfg: DictConfig) -> None:
-    """Before any work: a logger whose library is missing is one line naming the extra that installs it."""
-    for name in chosen(cfg):
-        if name in EXTRAS:
-            try:
-                __import__(name)
-            except ImportError:
-                extra = EXTRAS[name]
-                raise UserError(f"logger={name} needs the {name} package: pip install -e '.[{extra}]'") from None
-
-
 def tensorboard_dir(cfg: DictConfig, run_dir: Path) -> Path | None:
     """<run>/<logger.tensorboard.subdir>, or None when TensorBoard is not among the loggers."""
     settings = (cfg.get("logger") or {}).get("tensorboard")
     return run_dir / settings.subdir if settings is not None else None
 
 
-def run_name(run_dir: Path) -> str:
-    return f"{run_dir.parent.name}/{run_dir.name}"  # <engine>/<timestamp>: the run folder, as MLflow and W&B show it
-
-
-def mlflow_tracking_uri(cfg: DictConfig) -> str:
-    """logger.mlflow.tracking_uri, or by default an sqlite store beside the runs (`mlflow ui` reads it)."""
-    uri = cfg.logger.mlflow.tracking_uri
-    return uri or f"sqlite:///{(Path(cfg.paths.log_dir) / 'mlflow.db').resolve()}"
-
-
-def saved_run_id(run_dir: Path, name: str) -> str | None:
-    path = run_dir / RUN_ID_FILE[name]
-    return path.read_text().strip() if path.is_file() else None
-
-
-def save_run_id(run_dir: Path, name: str, run_id: str) -> None:
-    (run_dir / RUN_ID_FILE[name]).write_text(run_id + "\n")
-
-
 def log_hyperparams(loggers: list[Any], cfg: DictConfig, resumed: bool) -> None:
     """The run's settings to every logger but TensorBoard (summaries.py writes its HPARAMS tab, launch.py its
-    hparams.yaml), and but MLflow on a resume (its params are written once: the run keeps those it started with);
-    the same call for Lightning's loggers and engine=raw's."""
+    hparams.yaml){% if cookiecutter.include_extra_loggers %}, and but MLflow on a resume (its params are written once: the run keeps those it started
+    with){% endif %}; the same call for Lightning's loggers and engine=raw's."""
     values = summaries.hparam_values(cfg)
     for logger in loggers:
         kind = type(logger).__name__
-        if kind not in ("TensorBoardLogger", "TensorBoard") and not (resumed and kind in ("MLFlowLogger", "MLflow")):
+        # bake: if cookiecutter.include_extra_loggers
+        from .extra_loggers import PARAMS_WRITTEN_ONCE
+
+        if resumed and kind in PARAMS_WRITTEN_ONCE:
+            continue
+        # bake: endif
+        if kind not in ("TensorBoardLogger", "TensorBoard"):
             logger.log_hyperparams(values)
 
 
@@ -94,7 +75,6 @@ def tensorboard_writer(loggers: list[Any]) -> Any:
 def lightning_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
     """Lightning's loggers for `logger=`, writing into the run folder."""
     from lightning.pytorch import loggers as pl_loggers
-    from lightning.pytorch.utilities.rank_zero import rank_zero_only  # the rank Lightning's loggers go by
 
     loggers: list[Any] = []
     for name in chosen(cfg):
@@ -107,29 +87,12 @@ def lightning_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
             )
         elif name == "csv":
             loggers.append(AppendingCSVLogger(save_dir=run_dir, name=settings.subdir, version=""))
-        elif name == "mlflow":
-            logger = pl_loggers.MLFlowLogger(
-                experiment_name=settings.experiment_name,
-                run_name=run_name(run_dir),
-                tracking_uri=mlflow_tracking_uri(cfg),
-                run_id=saved_run_id(run_dir, name),
-            )
-            if rank_zero_only.rank == 0:  # on ranks > 0 Lightning's logger is a dummy that logs nothing
-                save_run_id(run_dir, name, logger.run_id)  # creates the run
-            loggers.append(logger)
+        # bake: if cookiecutter.include_extra_loggers
         else:
-            logger = pl_loggers.WandbLogger(
-                project=settings.project,
-                name=run_name(run_dir),
-                save_dir=run_dir,
-                offline=settings.mode == "offline",
-                id=saved_run_id(run_dir, name),
-                resume="allow",
-                log_model=False,
-            )
-            if rank_zero_only.rank == 0:  # as above: rank 0 logs, the others do nothing
-                save_run_id(run_dir, name, logger.experiment.id)
-            loggers.append(logger)
+            from .extra_loggers import lightning_logger
+
+            loggers.append(lightning_logger(name, cfg, run_dir))
+        # bake: endif
     return loggers
 
 
@@ -164,10 +127,12 @@ def raw_loggers(cfg: DictConfig, run_dir: Path, resume_step: int) -> list[Any]:
             loggers.append(TensorBoard(run_dir / settings.subdir, resume_step))
         elif name == "csv":
             loggers.append(CSV(run_dir / settings.subdir))
-        elif name == "mlflow":
-            loggers.append(MLflow(cfg, run_dir))
+        # bake: if cookiecutter.include_extra_loggers
         else:
-            loggers.append(Wandb(settings, run_dir))
+            from .extra_loggers import raw_logger
+
+            loggers.append(raw_logger(name, cfg, run_dir))
+        # bake: endif
     return loggers
 
 
@@ -248,61 +213,18 @@ def prepare_resume(cfg: DictConfig, run_dir: Path, step: int) -> None:
             write_csv(path, list(rows[0]), [row for row in rows if int(row["step"]) < step])
 
 
-class MLflow:
-    """MLFlowLogger: one MLflow run per run folder (a resume continues it), metrics with their step, the
-    hyperparameters as params, the status at the end."""
+def check_installed(cfg: DictConfig) -> None:
+    """Before any work: a known logger{% if cookiecutter.include_extra_loggers %}; one whose library is missing is one line naming the extra that
+    installs it{% endif %}."""
+    # bake: if cookiecutter.include_extra_loggers
+    from .extra_loggers import EXTRAS
 
-    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
-        from mlflow.tracking import MlflowClient
-
-        self.client = MlflowClient(tracking_uri=mlflow_tracking_uri(cfg))
-        self.run_id = saved_run_id(run_dir, "mlflow")
-        if self.run_id is None:
-            name = cfg.logger.mlflow.experiment_name
-            experiment = self.client.get_experiment_by_name(name)
-            experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(name)
-            self.run_id = self.client.create_run(experiment_id, run_name=run_name(run_dir)).info.run_id
-            save_run_id(run_dir, "mlflow", self.run_id)
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
-
-    def log_hyperparams(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
-
-    def finalize(self, status: str) -> None:
-        self.client.set_terminated(self.run_id, "FINISHED" if status == "success" else "FAILED")
-
-
-class Wandb:
-    """WandbLogger: one W&B run per run folder (a resume continues it), each log with `trainer/global_step` as
-    its x-axis; offline by default (files under <run>/wandb/, `wandb sync` uploads them)."""
-
-    def __init__(self, settings: DictConfig, run_dir: Path) -> None:
-        import wandb
-
-        self.run = wandb.init(
-            project=settings.project,
-            name=run_name(run_dir),
-            dir=run_dir,
-            mode=settings.mode,
-            id=saved_run_id(run_dir, "wandb"),
-            resume="allow",
-        )
-        self.run.define_metric("trainer/global_step")
-        self.run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
-        save_run_id(run_dir, "wandb", self.run.id)
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self.run.log({**metrics, "trainer/global_step": step})
-
-    def log_hyperparams(self, params: dict[str, Any]) -> None:
-        self.run.config.update(params, allow_val_change=True)
-
-    def finalize(self, status: str) -> None:
-        self.run.finish(exit_code=0 if status == "success" else 1)
+    for name in chosen(cfg):
+        if name in EXTRAS:
+            try:
+                __import__(name)
+            except ImportError:
+                raise UserError(f"logger={name} needs the {name} package: pip install -e '.[{EXTRAS[name]}]'") from None
+    # bake: else
+    chosen(cfg)  # one line for a name no logger has
+    # bake: endif

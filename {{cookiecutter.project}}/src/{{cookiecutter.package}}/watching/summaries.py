@@ -47,7 +47,9 @@ MIN_IMAGE_PIXELS = 28  # smaller images (8x8 digits) are enlarged, pixel by pixe
 
 @dataclass(frozen=True)
 class Settings:
-    """The switches of configs/logger/tensorboard.yaml, checked once before the run starts."""
+    """The switches of configs/logger/tensorboard.yaml, checked once before the run starts. A figure switch left
+    null is on: engine=raw and engine=lightning write the figures; engine=minimal and engine=fabric write the
+    scalars only and refuse a switch set on (run/config_rules.py check_rung)."""
 
     images: bool = True
     num_samples: int = 32
@@ -59,10 +61,11 @@ class Settings:
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "Settings":
         values = {field.name: cfg.get(field.name, field.default) for field in fields(cls)}
+        values = {name: field_default(cls, name) if value is None else value for name, value in values.items()}
         for field in fields(cls):
             if field.type is bool and not isinstance(values[field.name], bool):
                 raise UserError(
-                    f"logger.tensorboard.{field.name}={values[field.name]!r} is not valid: use true or false"
+                    f"logger.tensorboard.{field.name}={values[field.name]!r} is not valid: use true, false or null"
                 )
         for name, least in (("num_samples", 1), ("histogram_every_n_epochs", 0)):
             value = values[name]
@@ -71,6 +74,10 @@ class Settings:
                     f"logger.tensorboard.{name}={value!r} is not valid: use a whole number of at least {least}"
                 )
         return cls(**values)
+
+
+def field_default(cls: type, name: str) -> Any:
+    return next(field.default for field in fields(cls) if field.name == name)
 
 
 OFF = Settings(images=False, graph=False, histogram_every_n_epochs=0, confusion_matrix=False, hparams=False)

@@ -85,10 +85,10 @@ def evaluate(cfg: DictConfig, run_dir: Path, overrides: list[str] | tuple[str, .
     if tensorboard_dir is not None:
         summaries.write_hparams(eval_cfg, tensorboard_dir)  # the config evaluated
     counts = ConfusionCounts(eval_cfg.data.num_classes)
-    if eval_cfg.engine.name == "raw":
-        results, device = evaluate_raw(eval_cfg, model, loader, num_batches, counts, run_dir)
-    else:
+    if eval_cfg.engine.name == "lightning":
         results, device = evaluate_lightning(eval_cfg, model, loader, num_batches, counts, run_dir)
+    else:  # minimal, fabric and raw: plain PyTorch (raw's evaluation loop), as their test passes are
+        results, device = evaluate_raw(eval_cfg, model, loader, num_batches, counts, run_dir)
 
     matrix = counts.matrix
     save_png(summaries.confusion_matrix_figure(matrix), run_dir / CONFUSION_MATRIX_PNG)
@@ -152,7 +152,7 @@ def training_config(state: dict[str, Any], writer: str, checkpoint: Path) -> tup
     return cfg, source
 
 
-# The nodes every training config has, each a mapping: what evaluate.py and export.py read before the config rules.
+# The nodes every training config has, each a mapping: what evaluate.py{% if cookiecutter.include_deployment %} and export.py{% endif %} read before the config rules.
 TRAINING_NODES = ("model", "data", "trainer")
 RESOLVER_CALL = re.compile(r"\$\{[^}]*:")  # ${name:...}: a resolver, a function the file would choose to run
 
@@ -202,7 +202,7 @@ def plain_items(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 def load_training_run(checkpoint: Path) -> tuple[dict[str, Any], str, DictConfig, str]:
     """A checkpoint of either engine, the engine that wrote it, and its training run's config (and where it was read
-    from); one line for a file that is neither engine's checkpoint. evaluate.py and export.py start here."""
+    from); one line for a file that is neither engine's checkpoint. evaluate.py{% if cookiecutter.include_deployment %} and export.py{% endif %} start here."""
     state = load_checkpoint(checkpoint)
     writer = written_by(state)
     if writer is None:

@@ -10,6 +10,7 @@ import resource
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -121,6 +122,26 @@ def check_config(cfg: DictConfig) -> None:
     loggers.check_installed(cfg)  # a known logger, its library installed
 
 
+def engine_module(name: str) -> ModuleType:
+    """engines/<name>.py, imported once chosen: engine=minimal and engine=raw never import lightning."""
+    if name == "minimal":
+        from ..engines import minimal as engine
+    elif name == "fabric":
+        from ..engines import fabric as engine
+    elif name == "raw":
+        from ..engines import raw as engine
+    else:
+        from ..engines import lightning as engine
+    return engine
+
+
+def check_engine(cfg: DictConfig) -> None:
+    """engine=minimal and engine=fabric refuse, by name and before any work (before DDP workers start), what they
+    do not implement (their IMPLEMENTED_KEYS); engine=raw and engine=lightning implement every key."""
+    if cfg.engine.name in ("minimal", "fabric"):
+        engine_module(cfg.engine.name).check_config(cfg)
+
+
 def drawn_seed(run_dir: Path) -> int:
     """seed=null: a seed of this run's own, from its folder's name (unique, and the same in every process of a
     DDP run); metrics.json records it."""
@@ -153,6 +174,7 @@ def train(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict[
         print(f"skipped {job_name()}: {reason}", flush=True)
         return {"best_score": None, "skipped": reason}
     check_config(cfg)
+    check_engine(cfg)
     checkpoint = find_checkpoint(cfg.ckpt_path, run_dir.parent)
     # Before the DDP workers start (and, under torchrun or srun, in each process before they meet): a new run
     # never writes over one that holds checkpoints or results; ckpt_path continues it.
@@ -188,11 +210,7 @@ def train(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict[
         if world.is_main and tensorboard_dir and not cfg.trainer.get("fast_dev_run"):  # fast_dev_run logs nothing
             summaries.write_hparams(cfg, tensorboard_dir)  # beside the events
         seed_everything(cfg.seed)
-        if cfg.engine.name == "raw":
-            from ..engines.raw import fit
-        else:
-            from ..engines.lightning import fit
-        results = fit(cfg, run_dir, checkpoint)
+        results = engine_module(cfg.engine.name).fit(cfg, run_dir, checkpoint)
     if not world.is_main:
         return results
     train_started_at = results.pop("train_started_at")

@@ -66,7 +66,7 @@ class DatasetSpec:
         return (images - mean) / std
 
     def transform(self) -> Callable[[Any], torch.Tensor]:
-        """An image file's preprocessing: training's, for predict.py and serve.py (and the torchvision datasets)."""
+        """An image file's preprocessing: training's, for {% if cookiecutter.include_deployment %}predict.py and serve.py (and {% endif %}the torchvision datasets{% if cookiecutter.include_deployment %}){% endif %}."""
         return image_transform(self.mean, self.std)
 
 
@@ -123,7 +123,7 @@ def check_config(cfg: Any) -> DatasetSpec:
 
 def image_transform(mean: tuple[float, ...], std: tuple[float, ...]) -> Callable[[Any], torch.Tensor]:
     """An image (PIL, uint8 tensor, or an H x W x C array: uint8 0-255 or floats in [0, 1]) as the model's input: the
-    preprocessing of training, written once (the torchvision datasets, predict.py and serve.py use it)."""
+    preprocessing of training, written once (the torchvision datasets{% if cookiecutter.include_deployment %}, predict.py and serve.py{% endif %} use it)."""
     from torchvision.transforms import v2
 
     return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])

@@ -26,7 +26,7 @@ class Digits(DatasetSpec):
 def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's 8x8 digits as (N, 1, 8, 8) float images in [0, 1] (its pixels count 0-16), normalised, and int64
     labels. Read from the file scikit-learn ships, as its load_digits reads it, without importing scikit-learn: that
-    import (scipy with it) would add about a second to the start-up (benchmarks/README.md)."""
+    import (scipy with it) would add about a second to the start-up{% if cookiecutter.include_benchmarks %} (benchmarks/README.md){% endif %}."""
     spec = importlib.util.find_spec("sklearn")  # finds the package without importing it
     path = Path(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz") if spec else None
     if path is None or not path.is_file():  # not installed (its error says so), or another layout

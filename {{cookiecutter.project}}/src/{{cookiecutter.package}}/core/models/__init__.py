@@ -6,7 +6,7 @@ with an nn.Module class, and configs/model/<name>.yaml whose `_target_` names th
 arguments, so that `hydra.utils.instantiate(cfg.model)` returns the module. The model checks its own arguments
 (checks.py: a bad value is one line naming model.<key>).
 
-evaluate.py, export.py, predict.py and serve.py build the model that a checkpoint's training config names. A file
+evaluate.py{% if cookiecutter.include_deployment %}, export.py, predict.py and serve.py{% endif %} build the model that a checkpoint's training config names. A file
 chooses nothing that runs: `_target_` must be an nn.Module class defined in a module of this package, and every
 other key a plain value (no nested `_target_`), where hydra.utils.instantiate would import and call anything.
 """

@@ -1,0 +1,188 @@
+"""engine=fabric: engines/minimal.py's loop under Lightning Fabric, changed only where Fabric asks.
+
+`diff engines/minimal.py engines/fabric.py` is the conversion Lightning's docs teach ("Convert PyTorch code to
+Fabric"): create `Fabric(accelerator, devices, num_nodes, strategy, precision)` and `launch()` it, `setup` the model,
+optimizer and loaders, drop the `.to(device)` calls, `fabric.backward(loss)`, `fabric.save`/`fabric.load` for the
+checkpoints, and the rank-zero work of DDP (TensorBoard on rank 0, validation sums over the ranks). In exchange it
+implements trainer.precision, trainer.strategy=ddp and trainer.num_nodes, which engine=minimal refuses.
+
+The ladder: engines/minimal.py -> this file -> engines/raw.py (everything lightning.Trainer does, by hand) ->
+engines/lightning.py (the Trainer itself); the same numbers on every rung (tests/engines/test_ladder.py).
+"""
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric import Fabric
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from ..core import task
+from ..core.data import DataPipeline
+from ..run import console
+from ..run.checkpoint import get_rng_state, initial_model, set_rng_state
+from ..run.config_rules import check_rung
+from ..run.device import apply as apply_device_settings
+from ..run.device import recorded
+from ..watching import loggers, summaries
+from .lightning_parity import AtomicCheckpointIO
+
+ENGINE = "fabric"
+# What this rung implements of the settings configs/ may change (run/config_rules.py NEUTRAL; besides the trainer's
+# accelerator, max_epochs, log_every_n_steps and enable_progress_bar): any other is refused by name.
+IMPLEMENTED_KEYS = {"trainer.devices", "trainer.benchmark", "matmul_precision", "compile"}
+IMPLEMENTED_KEYS |= {"trainer.precision", "trainer.strategy", "trainer.num_nodes"}  # Fabric's arguments
+IMPLEMENTED_TRAINER_KEYS = {key.removeprefix("trainer.") for key in IMPLEMENTED_KEYS if key.startswith("trainer.")}
+
+
+def check_config(cfg: DictConfig) -> None:
+    check_rung(cfg, ENGINE, IMPLEMENTED_KEYS, instead={"data.loader": "minimal"})  # Fabric sets up DataLoaders
+
+
+def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[str, Any]:
+    """Train with a validation pass per epoch, then test with the best weights. Returns the final metrics."""
+    check_config(cfg)
+    trainer, checkpoints = cfg.trainer, run_dir / "checkpoints"
+    monitor, mode = cfg.callbacks.model_checkpoint.monitor, cfg.callbacks.model_checkpoint.mode
+
+    # The device trainer.accelerator names, and its speed settings (run/device.py); the precision; DDP. Under
+    # trainer.strategy=ddp the project's launcher has started this process and formed the process group
+    # (run/distributed.py): launch() finds both and starts nothing.
+    fabric = Fabric(
+        accelerator=trainer.accelerator,
+        devices=trainer.devices if trainer.strategy == "ddp" else 1,
+        num_nodes=trainer.num_nodes,
+        strategy=trainer.strategy,
+        precision=trainer.precision,
+        plugins=[AtomicCheckpointIO()],  # fabric.save writes as every engine does: atomically (run/checkpoint.py)
+    )
+    fabric.launch()
+    device = fabric.device
+    settings = apply_device_settings(cfg, device.type == "cuda")
+    if settings.benchmark is not None:
+        torch.backends.cudnn.benchmark = settings.benchmark
+
+    # The data (core/data.py): the seeded split; each epoch's order a function of (seed, epoch).
+    data = DataPipeline(cfg.data, seed=cfg.seed, batch_limits=trainer, device=device)
+    data.prepare_data()
+    data.setup("fit")
+    # data.py's samplers already give each rank its share under DDP: Fabric keeps them.
+    loaders = fabric.setup_dataloaders(data.train_dataloader(), data.val_dataloader(), use_distributed_sampler=False)
+    train_loader, val_loader = loaders
+
+    # The model, its optimizer and its schedule: the same in every engine (core/task.py).
+    model = initial_model(cfg)
+    total_steps = trainer.max_epochs * len(train_loader)
+    optimizer, schedule = task.configure_optimizers(cfg, model, total_steps)
+    model, optimizer = fabric.setup(model, optimizer)  # on the device, in the precision, under DDP wrapped
+
+    # Where the run stands: from the start, or where its last.ckpt left it.
+    first_epoch, global_step, best_score = 0, 0, None
+    if ckpt_path is not None:
+        state = fabric.load(ckpt_path, weights_only=True)  # checked by launch.train (load_for_resume)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if schedule:
+            task.check_resumable(state["scheduler"], total_steps)
+            schedule.scheduler.load_state_dict(state["scheduler"])
+        first_epoch, global_step, best_score = (
+            state["progress"][key] for key in ("epoch", "global_step", "best_score")
+        )
+        set_rng_state(state["rng"])  # the dropout masks the uninterrupted run draws
+    tensorboard = loggers.tensorboard_dir(cfg, run_dir)
+    writer = (
+        SummaryWriter(tensorboard, purge_step=global_step or None)
+        if tensorboard and fabric.is_global_zero
+        else summaries.NullWriter()
+    )
+    config_yaml = OmegaConf.to_yaml(cfg)  # in every checkpoint: evaluate.py and the other tools read it
+    loss, val, epoch_times = torch.tensor(float("nan")), {}, []
+
+    train_started_at = time.perf_counter()
+    for epoch in range(first_epoch, trainer.max_epochs):
+        epoch_started = time.perf_counter()
+        train_loader._num_iter_calls = epoch  # Fabric sets the sampler's epoch to its count of passes: a resumed one's
+        model.train()
+        quiet = not console.progress_bar_enabled(trainer)  # a progress bar on a terminal only
+        for inputs, targets in tqdm(train_loader, desc=f"Epoch {epoch}", leave=False, disable=quiet):
+            loss = task.training_step(model, (inputs, targets), cfg.loss.label_smoothing)  # forward, loss
+            fabric.backward(loss)  # backward
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
+            optimizer.step()  # step
+            optimizer.zero_grad(set_to_none=True)  # zero_grad
+            if schedule and schedule.interval == "step":
+                schedule.scheduler.step()
+            global_step += 1
+            if global_step % trainer.log_every_n_steps == 0:
+                log(writer, {"train/loss": loss.item(), "lr": lr, "epoch": epoch}, global_step - 1)
+
+        val = evaluate(fabric, model, val_loader)
+        log(writer, {"val/loss": val["loss"], "val/acc": val["acc"], "epoch": epoch}, global_step - 1)
+        if schedule and schedule.interval == "epoch":  # after validation
+            if isinstance(schedule.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                schedule.scheduler.step(val[schedule.monitor.removeprefix("val/")])  # it reads a validation metric
+            else:
+                schedule.scheduler.step()
+        epoch_times.append(time.perf_counter() - epoch_started)
+
+        # best.ckpt: the weights of the best epoch by `monitor`; last.ckpt: everything a resume needs.
+        score = val[monitor.removeprefix("val/")]
+        if best_score is None or (score > best_score if mode == "max" else score < best_score):
+            best_score = score
+            best = {"engine": ENGINE, "model": model, "config": config_yaml, "epoch": epoch}
+            fabric.save(checkpoints / "best.ckpt", best | {"global_step": global_step, monitor: score})
+        last = {
+            "engine": ENGINE,
+            "model": model,
+            "config": config_yaml,
+            "optimizer": optimizer,
+            "scheduler": schedule.scheduler if schedule else None,
+            "progress": {"epoch": epoch + 1, "global_step": global_step, "best_score": best_score},
+            "rng": get_rng_state(),
+        }
+        fabric.save(checkpoints / "last.ckpt", last)  # rank 0 writes, the others wait
+        console.print_epoch(epoch, {"train/loss": loss.item(), "val/loss": val["loss"], "val/acc": val["acc"]})
+
+    # The test set, with the best weights.
+    if (checkpoints / "best.ckpt").is_file():
+        model.load_state_dict(fabric.load(checkpoints / "best.ckpt", weights_only=True)["model"])
+    data.setup("test")
+    test = evaluate(fabric, model, fabric.setup_dataloaders(data.test_dataloader(), use_distributed_sampler=False))
+    log(writer, {"test/loss": test["loss"], "test/acc": test["acc"], "epoch": trainer.max_epochs}, global_step)
+    writer.close()
+    return {
+        "device": str(device),
+        "epochs": trainer.max_epochs,
+        "global_step": global_step,
+        "train/loss": loss.item(),
+        **{f"val/{key}": value for key, value in val.items()},
+        "best_score": best_score,
+        "monitor": monitor,
+        **{f"test/{key}": value for key, value in test.items()},
+        "epoch_times_s": [round(seconds, 4) for seconds in epoch_times],
+        "train_started_at": train_started_at,
+        **recorded(settings, train_loader),
+    }
+
+
+@torch.no_grad()
+def evaluate(fabric: Fabric, model: torch.nn.Module, loader: Any) -> dict[str, float]:
+    """The mean loss over the samples and the accuracy, in eval mode (dropout off, batch-norm running statistics)."""
+    model.eval()
+    loss_sum, correct, count = (torch.zeros((), device=fabric.device) for _ in range(3))
+    for inputs, targets in loader:
+        batch_loss_sum, logits = task.evaluation_step(model, (inputs, targets))
+        loss_sum += batch_loss_sum
+        correct += task.count_correct(logits, targets)
+        count += len(targets)
+    loss_sum, correct, count = fabric.all_reduce((loss_sum, correct, count), reduce_op="sum")  # over the ranks
+    return {"loss": (loss_sum / count).item(), "acc": (correct / count).item()}
+
+
+def log(writer: SummaryWriter, metrics: dict[str, float], step: int) -> None:
+    """TensorBoard scalars, under the tags and steps of every engine."""
+    for tag, value in metrics.items():
+        writer.add_scalar(tag, value, step)
