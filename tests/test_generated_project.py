@@ -1,11 +1,15 @@
-"""The baked project's own test suites pass, run with this interpreter (no virtualenv per bake): the default bake's
-full suite (`make test-full`), and its fast tier (plain `pytest`, the README's quick start) with only the dev extra."""
+"""The baked project's own test suites pass, run with this interpreter (no virtualenv per bake). The default bake's
+full suite (`make test-full`) runs in two parts that split make test's two workers between them, each of its tests
+once: the fast tier (plain `pytest`, the README's quick start) with only the dev extra, then its tests that skipped for
+want of an extra with the extras; and the slow tier with every extra."""
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
+from xml.etree import ElementTree
 
 import pytest
 
@@ -14,9 +18,10 @@ import pytest
 def installed_project(default_bake, tmp_path_factory):
     """Install the baked project (not its dependencies: they are this environment's) into a private folder
     on PYTHONPATH, so that the shared .venv is left as it was."""
-    site = tmp_path_factory.mktemp("site")
+    site, source = tmp_path_factory.mktemp("site"), tmp_path_factory.mktemp("source") / "project"
+    shutil.copytree(default_bake, source)  # pip builds in the source folder: the shared bake stays as baked
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), str(default_bake)], check=True)
+                    "--target", str(site), str(source)], check=True)
     return default_bake, site
 
 
@@ -54,11 +59,12 @@ def run_suite(project, pythonpath: str, options: list[str], timeout_s: float, lo
 
 
 @pytest.mark.timeout(SUITE_TIMEOUT_S + 300)
-def test_baked_project_full_suite_passes(installed_project, tmp_path_factory):
+def test_baked_project_slow_tier_passes(installed_project, tmp_path_factory):
+    """The tests that plain `pytest` leaves out (`make test-full` runs them with the rest)."""
     project, site = installed_project
-    log = tmp_path_factory.mktemp("full-suite") / "pytest.log"
-    lines = run_suite(project, str(site), ["-m", ""], SUITE_TIMEOUT_S, log)
-    assert not any(" deselected" in line for line in lines[-3:]), lines[-1]  # -m "" runs the slow tests too
+    log = tmp_path_factory.mktemp("slow-tier") / "pytest.log"
+    lines = run_suite(project, str(site), ["-m", "slow"], SUITE_TIMEOUT_S, log)
+    assert " deselected" in lines[-1] and " passed" in lines[-1], lines[-1]
 
 
 # Each extra of the generated pyproject.toml and the top-level modules it installs (hydra-submitit-launcher: a Hydra
@@ -100,11 +106,33 @@ def test_the_quick_starts_pytest_passes_with_only_the_dev_extra(installed_projec
                              env={**os.environ, "PYTHONPATH": pythonpath})
     assert visible.returncode == 0, f"{visible.returncode} of {blocked} can still be imported"
 
-    lines = run_suite(project, pythonpath, [], FAST_TIER_TIMEOUT_S, only_dev / "pytest.log")
+    report = only_dev / "junit.xml"
+    lines = run_suite(project, pythonpath, [f"--junitxml={report}"], FAST_TIER_TIMEOUT_S, only_dev / "pytest.log")
     assert " deselected" in lines[-1], lines[-1]  # plain pytest is the fast tier: the slow tests are left out
     skipped = [line for line in lines if line.startswith("SKIPPED")]
     named = {extra for line in skipped for extra in re.findall(r"""pip install -e ['"]\.\[(\w+)\]['"]""", line)}
     assert named >= TESTED_EXTRAS & extras, "\n".join(skipped)
+
+    # The same tests, now with the extras they asked for: the rest of the default bake's full suite.
+    wanting = skipped_for_an_extra(report, project)
+    assert wanting, "no test skipped for an extra"
+    log = only_dev / "with-extras.log"
+    lines = run_suite(project, str(site), ["-m", "", *wanting], FAST_TIER_TIMEOUT_S, log)
+    assert f"{len(wanting)} passed" in lines[-1] and "skipped" not in lines[-1], lines[-1]
+
+
+def skipped_for_an_extra(report, project) -> list[str]:
+    """The node ids (tests/x/test_y.py::test_z[param]) of the tests that a JUnit XML report says skipped naming an
+    extra. A test case's classname is its module's dotted path, then its class if any."""
+    node_ids = []
+    for case in ElementTree.parse(report).getroot().iter("testcase"):
+        skipped = case.find("skipped")
+        if skipped is None or "extra: pip install" not in skipped.get("message", ""):
+            continue
+        parts = case.get("classname").split(".")
+        module = next(i for i in range(len(parts), 0, -1) if (project / ("/".join(parts[:i]) + ".py")).is_file())
+        node_ids.append("::".join(["/".join(parts[:module]) + ".py", *parts[module:], case.get("name")]))
+    return node_ids
 
 
 def test_the_workflow_runs_the_fast_tier_on_push_and_the_full_suite_weekly_and_by_hand(default_bake):

@@ -423,7 +423,7 @@ def implemented_settings() -> dict[str, dict[str, str]]:
     SUPPORTED_TRAINER_KEYS; engine=lightning hands every trainer key to lightning.Trainer and implements the rest."""
     # Imported here: the engines import torch (and fabric lightning), which the rest of compare.py never needs.
     from ..engines import fabric, minimal, raw
-    from ..run.config_rules import NEUTRAL, RUNG_TRAINER_KEYS, shown
+    from ..run.config_rules import FIGURE_SWITCHES, NEUTRAL, RUNG_TRAINER_KEYS, shown
 
     settings = [f"trainer.{key}" for key in RUNG_TRAINER_KEYS] + list(NEUTRAL)
     implemented = {
@@ -443,6 +443,13 @@ def implemented_settings() -> dict[str, dict[str, str]]:
     table["logger"] = {
         "minimal": "`tensorboard` or `none`",
         "fabric": "`tensorboard` or `none`",
+        "raw": ALL,
+        "lightning": ALL,
+    }
+    scalars_only = "`null` or off only (scalars)"
+    table["logger.tensorboard.{" + ",".join(FIGURE_SWITCHES) + "}"] = {
+        "minimal": scalars_only,
+        "fabric": scalars_only,
         "raw": ALL,
         "lightning": ALL,
     }
