@@ -101,6 +101,8 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
     config_yaml = OmegaConf.to_yaml(cfg)  # in every checkpoint: evaluate.py and the other tools read it
     loss, val, epoch_times = torch.tensor(float("nan")), {}, []
 
+    # Plain values for what every step reads (a config lookup costs a thousand times an attribute's).
+    label_smoothing, log_every_n_steps = cfg.loss.label_smoothing, trainer.log_every_n_steps
     train_started_at = time.perf_counter()
     for epoch in range(first_epoch, trainer.max_epochs):
         epoch_started = time.perf_counter()
@@ -108,7 +110,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
         model.train()
         quiet = not console.progress_bar_enabled(trainer)  # a progress bar on a terminal only
         for inputs, targets in tqdm(train_loader, desc=f"Epoch {epoch}", leave=False, disable=quiet):
-            loss = task.training_step(model, (inputs, targets), cfg.loss.label_smoothing)  # forward, loss
+            loss = task.training_step(model, (inputs, targets), label_smoothing)  # forward, loss
             fabric.backward(loss)  # backward
             lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
             optimizer.step()  # step
@@ -116,7 +118,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict[s
             if schedule and schedule.interval == "step":
                 schedule.scheduler.step()
             global_step += 1
-            if global_step % trainer.log_every_n_steps == 0:
+            if global_step % log_every_n_steps == 0:
                 log(writer, {"train/loss": loss.item(), "lr": lr, "epoch": epoch}, global_step - 1)
 
         val = evaluate(fabric, model, val_loader)
